@@ -1,0 +1,31 @@
+"""Which taps of a dilated 3x3 kernel can read the feature map at all."""
+from __future__ import annotations
+
+
+def valid_tap_fraction(length: int, rate: int) -> float:
+    """Fraction of a 3-tap atrous filter's reads that land inside an axis.
+
+    The centre tap always lands; each outer tap lands for ``length - rate``
+    output positions (none once ``rate >= length``).
+
+    Args:
+        length: Size of the axis (feature-map height or width).
+        rate: Dilation of the filter along that axis.
+    """
+    return (length + 2 * max(length - rate, 0)) / (3 * length)
+
+
+def effective_kernel(height: int, width: int, rate: int) -> tuple[slice, slice, tuple[int, int]]:
+    """Rows and columns of a 3x3 kernel at ``rate`` that ever read the map.
+
+    When ``rate >= height`` the outer rows only ever read zero padding, so the
+    branch is exactly a 1x3 convolution with the middle row (likewise for
+    columns); when both degenerate it is a 1x1 convolution with the centre tap.
+
+    Returns:
+        ``(row_slice, col_slice, padding)`` to apply to the weight and conv.
+    """
+    rows = slice(1, 2) if rate >= height else slice(0, 3)
+    cols = slice(1, 2) if rate >= width else slice(0, 3)
+    padding = (0 if rate >= height else rate, 0 if rate >= width else rate)
+    return rows, cols, padding

@@ -1,0 +1,3 @@
+from .aspp_head import ASPPHead
+
+__all__ = ["ASPPHead"]
