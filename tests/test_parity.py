@@ -1,0 +1,70 @@
+"""Our ASPPHead against mmseg's on identical weights and inputs (fp32)."""
+import pytest
+import torch
+
+from helpers import seg_samples, twin_heads
+
+# (batch, height, width): odd sizes, maps smaller than the rates, one axis degenerate.
+SHAPES = [(2, 45, 45), (2, 8, 8), (1, 17, 33), (2, 10, 40), (2, 1, 1), (1, 64, 20)]
+RATE_SETS = [(1, 6, 12, 18), (1, 12, 24, 36), (2, 1, 5), (24,)]
+NORMS = [dict(type="BN", requires_grad=True), dict(type="GN", num_groups=4), None]
+ATOL = 1e-5
+
+
+def _inputs(batch, height, width, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch, 16, height, width, generator=gen)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dilations", RATE_SETS)
+def test_eval_logits_match(shape, dilations):
+    ours, upstream = twin_heads(dilations=dilations)
+    ours.eval(), upstream.eval()
+    inputs = _inputs(*shape)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(inputs), upstream(inputs), atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("norm_cfg", NORMS, ids=["BN", "GN", "none"])
+@pytest.mark.parametrize("shape", [(2, 45, 45), (2, 8, 8), (2, 10, 40)])
+def test_train_logits_loss_and_gradients_match(shape, norm_cfg):
+    ours, upstream = twin_heads(dilations=(1, 6, 12, 18), norm_cfg=norm_cfg)
+    ours.train(), upstream.train()
+    batch, height, width = shape
+    samples = seg_samples(batch, height * 8, width * 8, num_classes=5)
+
+    results = []
+    for head in (ours, upstream):
+        inputs = [t.requires_grad_() for t in _inputs(*shape)]
+        torch.manual_seed(0)  # same Dropout2d mask for both heads
+        logits = head(inputs)
+        torch.manual_seed(0)
+        losses = head.loss(inputs, samples, train_cfg=dict())
+        losses["loss_ce"].backward()
+        grads = {n: p.grad.clone() for n, p in head.named_parameters()}
+        buffers = {n: b.clone() for n, b in head.named_buffers()}
+        results.append((logits.detach(), losses, grads, buffers, inputs[0].grad))
+
+    (l_ours, loss_ours, g_ours, b_ours, x_ours), (l_up, loss_up, g_up, b_up, x_up) = results
+    torch.testing.assert_close(l_ours, l_up, atol=ATOL, rtol=0)
+    assert loss_ours.keys() == loss_up.keys()
+    for key in loss_up:
+        torch.testing.assert_close(loss_ours[key], loss_up[key], atol=ATOL, rtol=0)
+    assert g_ours.keys() == g_up.keys()
+    for name in g_up:
+        torch.testing.assert_close(g_ours[name], g_up[name], atol=ATOL, rtol=1e-4, msg=name)
+    # BN running statistics are updated identically.
+    for name in b_up:
+        torch.testing.assert_close(b_ours[name], b_up[name], atol=ATOL, rtol=0, msg=name)
+    torch.testing.assert_close(x_ours, x_up, atol=ATOL, rtol=1e-4)
+
+
+def test_multi_input_transform_matches():
+    overrides = dict(in_channels=[8, 8], in_index=[0, 1], input_transform="resize_concat")
+    ours, upstream = twin_heads(**overrides)
+    ours.eval(), upstream.eval()
+    gen = torch.Generator().manual_seed(3)
+    inputs = [torch.randn(1, 8, 12, 12, generator=gen), torch.randn(1, 8, 6, 6, generator=gen)]
+    with torch.no_grad():
+        torch.testing.assert_close(ours(inputs), upstream(inputs), atol=ATOL, rtol=0)
