@@ -56,7 +56,12 @@ def allow_mmengine_checkpoints() -> None:
     """Register the allowlist so any ``torch.load(weights_only=True)`` accepts mmengine files."""
     if not hasattr(torch.serialization, "add_safe_globals"):  # torch < 2.4
         return
-    torch.serialization.add_safe_globals(safe_globals())
+    # Idempotent on purpose. A torch.serialization.safe_globals() context is
+    # not used: on exit it removes its entries even if they were registered before.
+    registered = torch.serialization.get_safe_globals()
+    missing = [entry for entry in safe_globals() if entry not in registered]
+    if missing:
+        torch.serialization.add_safe_globals(missing)
 
 
 def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
@@ -73,9 +78,9 @@ def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu") -> 
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    allow_mmengine_checkpoints()
     try:
-        with torch.serialization.safe_globals(safe_globals()):
-            return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         raise UnsafeCheckpointError(
             f"refusing to load {path}: it needs a global outside the mmengine checkpoint "
