@@ -1,12 +1,12 @@
 """ASPP forward that computes only what contributes to the output.
 
-Every trick here is exact (same parameters, same function up to float
-summation order):
+Every step is exact (same parameters, same function up to float summation
+order):
 
 * atrous branches drop kernel rows/columns that only read zero padding
   (a branch whose rate reaches the map size becomes 1x3, 3x1 or 1x1);
-* partially valid branches run channels-last, where oneDNN skips the taps
-  that fall outside the map;
+* partially valid branches run channels-last, where the convolution skips
+  taps that fall outside the map, in forward and backward (``conv.py``);
 * the image-pool branch is constant over the map, so its share of the 3x3
   bottleneck is a per-pixel sum of at most nine projected vectors instead of
   a convolution over a broadcast map.
@@ -14,32 +14,41 @@ summation order):
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .conv import atrous_convs
 from .geometry import effective_kernel, valid_tap_fraction
 
-# Below this 2-D valid-tap fraction a dilated conv runs faster channels-last on
-# CPU (oneDNN skips out-of-map taps there but is slower on fully dense convs).
-_CHANNELS_LAST_BELOW = 0.9
+# Below this 2-D valid-tap fraction a dilated conv is faster channels-last with
+# tap skipping; above it the plain dense convolution wins.
+SKIP_TAPS_BELOW = 0.9
+
+
+class BranchPlan(NamedTuple):
+    rows: slice
+    cols: slice
+    padding: tuple[int, int]
+    rate: int
+    skip_taps: bool
 
 
 @lru_cache(maxsize=256)
-def _branch_plan(height: int, width: int, rates: tuple[int, ...]):
-    plan = []
+def plan_branches(height: int, width: int, rates: tuple[int, ...]) -> tuple[BranchPlan, ...]:
+    """How each branch runs at a given map size (cached: depends on shapes only)."""
+    plans = []
     for rate in rates:
         if rate == 1:
-            plan.append((None, None, 0, 1, False))
+            plans.append(BranchPlan(slice(0, 1), slice(0, 1), (0, 0), 1, False))
             continue
         rows, cols, padding = effective_kernel(height, width, rate)
+        is_1x1 = rows.stop - rows.start == 1 and cols.stop - cols.start == 1
         fraction = valid_tap_fraction(height, rate) * valid_tap_fraction(width, rate)
-        kernel_is_1x1 = rows.stop - rows.start == 1 and cols.stop - cols.start == 1
-        channels_last = not kernel_is_1x1 and fraction < _CHANNELS_LAST_BELOW
-        plan.append((rows, cols, padding, rate, channels_last))
-    return tuple(plan)
+        plans.append(BranchPlan(rows, cols, padding, rate, not is_1x1 and fraction < SKIP_TAPS_BELOW))
+    return tuple(plans)
 
 
 @lru_cache(maxsize=256)
@@ -57,20 +66,13 @@ def _border_masks(height: int, width: int, device: torch.device, dtype: torch.dt
 
 def _norm_act(layer: nn.Module, out: Tensor) -> Tensor:
     """Apply a ConvModule's norm and activation to an already computed conv."""
+    if layer.conv.bias is not None:
+        out = out + layer.conv.bias.view(1, -1, 1, 1)
     if layer.with_norm:
         out = layer.norm(out)
     if layer.with_activation:
         out = layer.activate(out)
     return out
-
-
-def _branch(layer: nn.Module, x: Tensor, x_cl: Tensor | None, step) -> Tensor:
-    rows, cols, padding, rate, channels_last = step
-    weight = layer.conv.weight
-    if rows is not None:
-        weight = weight[:, :, rows, cols]
-    out = F.conv2d(x_cl if channels_last else x, weight, layer.conv.bias, 1, padding, rate)
-    return _norm_act(layer, out)
 
 
 def _pool_bottleneck_term(weight: Tensor, pooled: Tensor, height: int, width: int) -> Tensor:
@@ -81,8 +83,23 @@ def _pool_bottleneck_term(weight: Tensor, pooled: Tensor, height: int, width: in
         pooled: (N, C_pool) image-pool features.
     """
     per_tap = torch.einsum("oikl,ni->nokl", weight, pooled)
-    row_mask, col_mask = _border_masks(height, width, pooled.device, pooled.dtype)
+    row_mask, col_mask = _border_masks(height, width, pooled.device, per_tap.dtype)
     return torch.einsum("nokl,ky,lx->noyx", per_tap, row_mask, col_mask)
+
+
+def _branch_convs(x: Tensor, branches: Sequence[nn.Module], plans: Sequence[BranchPlan]) -> list[Tensor]:
+    outs: list[Tensor | None] = [None] * len(plans)
+    skipping = [i for i, p in enumerate(plans) if p.skip_taps]
+    for i, plan in enumerate(plans):
+        if not plan.skip_taps:
+            weight = branches[i].conv.weight[:, :, plan.rows, plan.cols]
+            outs[i] = F.conv2d(x, weight, None, 1, plan.padding, plan.rate)
+    if skipping:
+        weights = [branches[i].conv.weight[:, :, plans[i].rows, plans[i].cols] for i in skipping]
+        geometry = [(plans[i].padding, plans[i].rate) for i in skipping]
+        for i, out in zip(skipping, atrous_convs(x, weights, geometry)):
+            outs[i] = out
+    return outs
 
 
 def aspp_features(
@@ -102,18 +119,14 @@ def aspp_features(
         bottleneck: 3x3 ConvModule fusing the concatenated branches.
     """
     height, width = x.shape[-2:]
-    plan = _branch_plan(height, width, rates)
-    x_cl = (
-        x.contiguous(memory_format=torch.channels_last)
-        if any(step[4] for step in plan)
-        else None
-    )
+    plans = plan_branches(height, width, rates)
     pooled = pool_layer(F.adaptive_avg_pool2d(x, 1)).flatten(1)
-    fused = torch.cat([_branch(m, x, x_cl, s) for m, s in zip(branches, plan)], dim=1)
+    convs = _branch_convs(x, branches, plans)
+    fused = torch.cat([_norm_act(m, out) for m, out in zip(branches, convs)], dim=1)
     fused = fused.contiguous()
 
     weight = bottleneck.conv.weight
     n_pool = pooled.shape[1]
-    out = F.conv2d(fused, weight[:, n_pool:], bottleneck.conv.bias, 1, 1)
+    out = F.conv2d(fused, weight[:, n_pool:], None, 1, 1)
     out = out + _pool_bottleneck_term(weight[:, :n_pool], pooled, height, width)
     return _norm_act(bottleneck, out)

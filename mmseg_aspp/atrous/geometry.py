@@ -29,3 +29,8 @@ def effective_kernel(height: int, width: int, rate: int) -> tuple[slice, slice, 
     cols = slice(1, 2) if rate >= width else slice(0, 3)
     padding = (0 if rate >= height else rate, 0 if rate >= width else rate)
     return rows, cols, padding
+
+
+def tap_span(length: int, offset: int) -> tuple[int, int]:
+    """Output positions ``[start, end)`` whose read at ``position + offset`` is in the map."""
+    return max(0, -offset), min(length, length - offset)

@@ -1,0 +1,58 @@
+"""The atrous core on its own: geometry rules and the tap-skipping convolution."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmseg_aspp.atrous import effective_kernel, valid_tap_fraction
+from mmseg_aspp.atrous.conv import atrous_convs
+from mmseg_aspp.atrous.geometry import tap_span
+
+
+@pytest.mark.parametrize("length", [1, 5, 16, 65])
+@pytest.mark.parametrize("rate", [1, 3, 6, 12, 24, 36, 100])
+def test_valid_tap_fraction_counts_taps(length, rate):
+    inside = sum(0 <= pos + off < length for pos in range(length) for off in (-rate, 0, rate))
+    assert valid_tap_fraction(length, rate) == pytest.approx(inside / (3 * length))
+
+
+@pytest.mark.parametrize("height, width, rate", [(8, 8, 12), (8, 40, 12), (40, 8, 12), (30, 30, 6)])
+def test_effective_kernel_is_exact(height, width, rate):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, height, width, generator=gen, dtype=torch.float64)
+    w = torch.randn(3, 4, 3, 3, generator=gen, dtype=torch.float64)
+    rows, cols, padding = effective_kernel(height, width, rate)
+    full = F.conv2d(x, w, padding=rate, dilation=rate)
+    cropped = F.conv2d(x, w[:, :, rows, cols], padding=padding, dilation=rate)
+    torch.testing.assert_close(cropped, full, rtol=0, atol=1e-12)
+
+
+def test_tap_span():
+    assert tap_span(10, 3) == (0, 7)
+    assert tap_span(10, -3) == (3, 10)
+    assert tap_span(10, 0) == (0, 10)
+    assert tap_span(4, 6)[0] >= tap_span(4, 6)[1]  # empty
+
+
+@pytest.mark.parametrize("shape, rate, kernel", [((2, 3, 9, 11), 4, (3, 3)), ((1, 2, 5, 13), 6, (1, 3))])
+def test_atrous_convs_gradcheck(shape, rate, kernel):
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(*shape, generator=gen, dtype=torch.float64, requires_grad=True)
+    weights = [torch.randn(4, shape[1], *kernel, generator=gen, dtype=torch.float64, requires_grad=True)
+               for _ in range(2)]
+    padding = tuple(rate if k == 3 else 0 for k in kernel)
+    geometry = [(padding, rate), (padding, rate)]
+    assert torch.autograd.gradcheck(lambda x, *w: atrous_convs(x, w, geometry), (x, *weights))
+
+
+def test_atrous_convs_match_conv2d_forward_and_backward():
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 8, 17, 23, generator=gen, requires_grad=True)
+    w = torch.randn(6, 8, 3, 3, generator=gen, requires_grad=True)
+    (ours,) = atrous_convs(x, [w], [((5, 5), 5)])
+    ref = F.conv2d(x, w, padding=5, dilation=5)
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
+    grad = torch.randn(ref.shape, generator=gen)
+    gx, gw = torch.autograd.grad(ours, (x, w), grad)
+    rx, rw = torch.autograd.grad(ref, (x, w), grad)
+    torch.testing.assert_close(gx, rx, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(gw, rw, atol=1e-4, rtol=1e-5)
