@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from .conv import atrous_convs
 from .geometry import effective_kernel, valid_tap_fraction
+from .weights import prepared_weight
 
 # Below this 2-D valid-tap fraction a dilated conv is faster channels-last with
 # tap skipping; above it the plain dense convolution wins.
@@ -88,14 +89,18 @@ def _pool_bottleneck_term(weight: Tensor, pooled: Tensor, height: int, width: in
 
 
 def _branch_convs(x: Tensor, branches: Sequence[nn.Module], plans: Sequence[BranchPlan]) -> list[Tensor]:
+    def kernel(i: int) -> Tensor:
+        plan = plans[i]
+        index = (slice(None), slice(None), plan.rows, plan.cols)
+        return prepared_weight(branches[i].conv.weight, index, plan.skip_taps)
+
     outs: list[Tensor | None] = [None] * len(plans)
     skipping = [i for i, p in enumerate(plans) if p.skip_taps]
     for i, plan in enumerate(plans):
         if not plan.skip_taps:
-            weight = branches[i].conv.weight[:, :, plan.rows, plan.cols]
-            outs[i] = F.conv2d(x, weight, None, 1, plan.padding, plan.rate)
+            outs[i] = F.conv2d(x, kernel(i), None, 1, plan.padding, plan.rate)
     if skipping:
-        weights = [branches[i].conv.weight[:, :, plans[i].rows, plans[i].cols] for i in skipping]
+        weights = [kernel(i) for i in skipping]
         geometry = [(plans[i].padding, plans[i].rate) for i in skipping]
         for i, out in zip(skipping, atrous_convs(x, weights, geometry)):
             outs[i] = out
@@ -127,6 +132,7 @@ def aspp_features(
 
     weight = bottleneck.conv.weight
     n_pool = pooled.shape[1]
-    out = F.conv2d(fused, weight[:, n_pool:], None, 1, 1)
+    branch_part = prepared_weight(weight, (slice(None), slice(n_pool, None)), False)
+    out = F.conv2d(fused, branch_part, None, 1, 1)
     out = out + _pool_bottleneck_term(weight[:, :n_pool], pooled, height, width)
     return _norm_act(bottleneck, out)
