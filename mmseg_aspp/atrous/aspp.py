@@ -88,11 +88,19 @@ def _pool_bottleneck_term(weight: Tensor, pooled: Tensor, height: int, width: in
     return torch.einsum("nokl,ky,lx->noyx", per_tap, row_mask, col_mask)
 
 
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype autocast would run convolutions in (``x.dtype`` without autocast)."""
+    device = x.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return x.dtype
+
+
 def _branch_convs(x: Tensor, branches: Sequence[nn.Module], plans: Sequence[BranchPlan]) -> list[Tensor]:
     def kernel(i: int) -> Tensor:
         plan = plans[i]
         index = (slice(None), slice(None), plan.rows, plan.cols)
-        return prepared_weight(branches[i].conv.weight, index, plan.skip_taps)
+        return prepared_weight(branches[i].conv.weight, index, plan.skip_taps, x.dtype)
 
     outs: list[Tensor | None] = [None] * len(plans)
     skipping = [i for i, p in enumerate(plans) if p.skip_taps]
@@ -126,13 +134,14 @@ def aspp_features(
     height, width = x.shape[-2:]
     plans = plan_branches(height, width, rates)
     pooled = pool_layer(F.adaptive_avg_pool2d(x, 1)).flatten(1)
-    convs = _branch_convs(x, branches, plans)
+    # Under autocast, cast the big input once rather than once per branch.
+    convs = _branch_convs(x.to(_compute_dtype(x)), branches, plans)
     fused = torch.cat([_norm_act(m, out) for m, out in zip(branches, convs)], dim=1)
     fused = fused.contiguous()
 
     weight = bottleneck.conv.weight
     n_pool = pooled.shape[1]
-    branch_part = prepared_weight(weight, (slice(None), slice(n_pool, None)), False)
+    branch_part = prepared_weight(weight, (slice(None), slice(n_pool, None)), False, fused.dtype)
     out = F.conv2d(fused, branch_part, None, 1, 1)
     out = out + _pool_bottleneck_term(weight[:, :n_pool], pooled, height, width)
     return _norm_act(bottleneck, out)
