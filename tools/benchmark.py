@@ -1,0 +1,364 @@
+#!/usr/bin/env python
+"""Side-by-side speed/memory benchmark: mmseg_aspp.ASPPHead vs mmseg's ASPPHead.
+
+Every ratio is measured in one run on one machine: the heads get identical
+weights and inputs and are timed alternately. Results go to a table on
+stdout, a JSON file and a PNG chart in --out-dir.
+
+    python tools/benchmark.py                 # full run (CPU: about 30 min)
+    python tools/benchmark.py --quick         # small shapes, a minute or two
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from mmengine.registry import init_default_scope  # noqa: E402
+from mmseg.registry import MODELS  # noqa: E402
+
+import mmseg_aspp  # noqa: E402,F401
+from mmseg_aspp.atrous import valid_tap_fraction  # noqa: E402
+
+HEAD_SHAPES = ["64x128", "64x64", "97x97", "128x256", "32x32", "16x16"]
+RATES = (1, 12, 24, 36)
+IN_CHANNELS, CHANNELS, NUM_CLASSES = 2048, 512, 19
+MODEL_CONFIG = "deeplabv3_r101-d8_4xb2-80k_cityscapes-512x1024.py"
+
+
+@dataclass
+class Row:
+    case: str
+    mode: str
+    impl: str
+    median_ms: float
+    spread_ms: float
+    times_ms: list = field(default_factory=list)
+    ratio: float | None = None
+    peak_mb: float | None = None
+    limit_fraction: float | None = None
+    argmax_agreement: float | None = None
+
+
+# ----------------------------------------------------------------- measuring
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_it(fn, device, repeats: int) -> list[float]:
+    fn()  # warm-up: caches, allocator, oneDNN primitives
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append((time.perf_counter() - start) * 1000)
+    return times
+
+
+def _proc_status_mb(key: str) -> float:
+    with open("/proc/self/status") as f:
+        return int(re.search(rf"{key}:\s+(\d+)", f.read()).group(1)) / 1024
+
+
+def peak_memory_mb(fn, device) -> float | None:
+    """Peak memory one call adds on top of what is already allocated."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    try:  # Linux: reset the RSS high-water mark, run, read it back
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        base = _proc_status_mb("VmRSS")
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        fn()
+        return _proc_status_mb("VmHWM") - base
+    except OSError:
+        return None
+
+
+def gemm_peak_gflops(device, dtype) -> float:
+    a = torch.randn(2048, 4096, device=device, dtype=dtype)
+    b = torch.randn(4096, 2048, device=device, dtype=dtype)
+    best = min(time_it(lambda: a @ b, device, 5))
+    return 2 * 2048 * 4096 * 2048 / (best / 1000) / 1e9
+
+
+def head_valid_macs(batch: int, height: int, width: int) -> float:
+    """Multiply-accumulates of the taps that read the map (forward)."""
+    pixels = batch * height * width
+    macs = 0.0
+    for rate in RATES:
+        taps = 1 if rate == 1 else 9 * valid_tap_fraction(height, rate) * valid_tap_fraction(width, rate)
+        macs += pixels * IN_CHANNELS * CHANNELS * taps
+    border = valid_tap_fraction(height, 1) * valid_tap_fraction(width, 1)
+    macs += pixels * len(RATES) * CHANNELS * CHANNELS * 9 * border  # bottleneck, pool part ~0
+    return macs + pixels * CHANNELS * NUM_CLASSES
+
+
+# ------------------------------------------------------------------- models
+def build_heads(device):
+    cfg = dict(in_channels=IN_CHANNELS, channels=CHANNELS, num_classes=NUM_CLASSES, dilations=RATES,
+               dropout_ratio=0.1, norm_cfg=dict(type="BN", requires_grad=True), align_corners=False)
+    upstream = MODELS.build(dict(cfg, type="ASPPHead")).to(device)
+    ours = MODELS.build(dict(cfg, type="mmseg_aspp.ASPPHead")).to(device)
+    ours.load_state_dict(upstream.state_dict())
+    heads = {"upstream": upstream, "ours": ours}
+    try:  # optional third reference; PyPI torchvision may not import beside every torch
+        from torchvision.models.segmentation.deeplabv3 import ASPP
+
+        heads["torchvision"] = ASPP(IN_CHANNELS, list(RATES[1:]), CHANNELS).to(device)
+    except Exception:  # noqa: BLE001 - any import/ABI failure just drops the column
+        pass
+    return heads
+
+
+def _call(name, head, x):
+    return head(x) if name == "torchvision" else head([x])
+
+
+def run_heads(args, device, peak, rows, progress):
+    heads = build_heads(device)
+    # Training steps update BN statistics: restart every case from the same weights.
+    initial = {name: {k: v.clone() for k, v in head.state_dict().items()} for name, head in heads.items()}
+    for shape in args.shapes:
+        height, width = map(int, shape.split("x"))
+        for batch in args.batches:
+            x = torch.randn(batch, IN_CHANNELS, height, width, device=device)
+            case = f"head {shape} b{batch}"
+            macs = head_valid_macs(batch, height, width)
+            for mode in args.modes:
+                if mode == "train" and batch == 1:
+                    continue  # BN in the image-pool branch cannot train on one sample
+                ref_logits = None
+                base_ms = None
+                for name, head in heads.items():
+                    variants = [("fp32", None)]
+                    if name == "ours" and args.reduced_precision:
+                        variants.append((args.reduced_precision, getattr(torch, args.reduced_precision)))
+                    for label, dtype in variants:
+                        progress(f"{case} {mode} {name} {label}")
+                        head.load_state_dict(initial[name])
+                        fn = _step_fn(name, head, x, mode, device, dtype)
+                        times = time_it(fn, device, args.repeats)
+                        row = Row(case, mode, name if dtype is None else f"{name} {label}",
+                                  statistics.median(times), max(times) - min(times), times)
+                        row.peak_mb = peak_memory_mb(fn, device)
+                        flops = 2 * macs * (1 if mode == "eval" else 3)
+                        row.limit_fraction = flops / (peak[label] * 1e9) / (row.median_ms / 1000)
+                        if name == "upstream":
+                            base_ms = row.median_ms
+                            if mode == "eval":
+                                ref_logits = _eval_logits(name, head, x, None, device)
+                        row.ratio = base_ms / row.median_ms if base_ms else None
+                        if mode == "eval" and ref_logits is not None and name == "ours":
+                            logits = _eval_logits(name, head, x, dtype, device)
+                            row.argmax_agreement = (logits.argmax(1) == ref_logits.argmax(1)).float().mean().item()
+                        rows.append(row)
+
+
+def _autocast(device, dtype):
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def _eval_logits(name, head, x, dtype, device):
+    head.eval()
+    with torch.no_grad(), _autocast(device, dtype):
+        return _call(name, head, x).float()
+
+
+def _step_fn(name, head, x, mode, device, dtype):
+    if mode == "eval":
+        head.eval()
+
+        def fn():
+            with torch.no_grad(), _autocast(device, dtype):
+                _call(name, head, x)
+    else:
+        head.train()
+
+        def fn():
+            head.zero_grad(set_to_none=True)
+            with _autocast(device, dtype):
+                out = _call(name, head, x)
+            out.float().square().mean().backward()
+    return fn
+
+
+def run_models(args, device, peak, rows, progress):
+    from mmengine.config import Config
+    from mmengine.model import revert_sync_batchnorm
+
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs")
+    models = {}
+    for name, folder in (("upstream", "deeplabv3_upstream"), ("ours", "deeplabv3")):
+        cfg = Config.fromfile(os.path.join(root, folder, MODEL_CONFIG))
+        cfg.model.pretrained = None
+        models[name] = revert_sync_batchnorm(MODELS.build(cfg.model)).to(device)
+    models["ours"].load_state_dict(models["upstream"].state_dict())
+
+    cases = [("R101-D8 512x1024 b1", "eval", 1, (512, 1024)), ("R101-D8 512x512 b2", "train", 2, (512, 512))]
+    for case, mode, batch, (height, width) in cases:
+        images = torch.randn(batch, 3, height, width, device=device)
+        labels = torch.randint(0, NUM_CLASSES, (batch, height, width), device=device)
+        base_ms = None
+        for name, model in models.items():
+            progress(f"model {case} {mode} {name}")
+            fn = _model_step(model, images, labels, mode)
+            times = time_it(fn, device, max(1, args.repeats // 2))
+            row = Row(case, mode, name, statistics.median(times), max(times) - min(times), times)
+            row.peak_mb = peak_memory_mb(fn, device)
+            base_ms = base_ms or row.median_ms
+            row.ratio = base_ms / row.median_ms
+            rows.append(row)
+
+
+def _model_step(model, images, labels, mode):
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+
+    if mode == "eval":
+        model.eval()
+
+        def fn():
+            with torch.no_grad():
+                model(images, mode="tensor")
+        return fn
+    samples = []
+    for label in labels:
+        sample = SegDataSample(gt_sem_seg=PixelData(data=label[None]))
+        sample.set_metainfo(dict(img_shape=tuple(label.shape), pad_shape=tuple(label.shape)))
+        samples.append(sample)
+    model.train()
+
+    def fn():
+        model.zero_grad(set_to_none=True)
+        losses = model(images, samples, mode="loss")
+        sum(v for k, v in losses.items() if "loss" in k).backward()
+    return fn
+
+
+# ------------------------------------------------------------------ output
+def device_name(device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = re.search(r"model name\s*:\s*(.*)", f.read()).group(1)
+    except (OSError, AttributeError):
+        model = platform.processor() or "CPU"
+    return f"{model} ({torch.get_num_threads()} threads)"
+
+
+def format_table(rows: list[Row]) -> str:
+    header = "| case | mode | impl | median ms | spread ms | vs upstream | peak MB | of limit | argmax agree |"
+    lines = [header, "|" + "---|" * 9]
+    for r in rows:
+        def fmt(v, spec):
+            return "-" if v is None else format(v, spec)
+
+        lines.append(
+            f"| {r.case} | {r.mode} | {r.impl} | {r.median_ms:.1f} | {r.spread_ms:.1f} | "
+            f"{fmt(r.ratio, '.2f')}x | {fmt(r.peak_mb, '.0f')} | {fmt(r.limit_fraction, '.0%')} | "
+            f"{fmt(r.argmax_agreement, '.2%')} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(rows: list[Row], path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = sorted({(r.mode, r.impl) for r in rows if r.impl != "upstream"})
+    cases = list(dict.fromkeys(r.case for r in rows))
+    fig, ax = plt.subplots(figsize=(max(8, len(cases) * 1.1), 4.5))
+    width = 0.8 / max(1, len(series))
+    for k, (mode, impl) in enumerate(series):
+        values = [next((r.ratio or 0 for r in rows if (r.case, r.mode, r.impl) == (c, mode, impl)), 0)
+                  for c in cases]
+        ax.bar([i + k * width for i in range(len(cases))], values, width, label=f"{impl} ({mode})")
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks([i + width * (len(series) - 1) / 2 for i in range(len(cases))])
+    ax.set_xticklabels(cases, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("speed-up over mmseg ASPPHead (x)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--shapes", nargs="+", default=HEAD_SHAPES, help="feature maps HxW")
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--modes", nargs="+", default=["eval", "train"], choices=["eval", "train"])
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per case (after a warm-up)")
+    parser.add_argument("--reduced-precision", default="bfloat16", choices=["bfloat16", "float16", "none"])
+    parser.add_argument("--no-model", action="store_true", help="skip the whole R101-D8 model timings")
+    parser.add_argument("--quick", action="store_true", help="32x32 and 16x16, batch 2, 2 repeats, no model")
+    parser.add_argument("--out-dir", default="work_dirs/benchmark")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.shapes, args.batches, args.repeats, args.no_model = ["32x32", "16x16"], [2], 2, True
+    if args.reduced_precision == "none":
+        args.reduced_precision = None
+
+    init_default_scope("mmseg")
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    name = device_name(device)
+    print(f"device: {name}; torch {torch.__version__}", flush=True)
+    peak = {"fp32": gemm_peak_gflops(device, torch.float32)}
+    if args.reduced_precision:
+        peak[args.reduced_precision] = gemm_peak_gflops(device, getattr(torch, args.reduced_precision))
+    print("GEMM peak: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items()), flush=True)
+
+    rows: list[Row] = []
+    started = time.perf_counter()
+    done = [0]
+
+    def progress(label: str) -> None:
+        done[0] += 1
+        elapsed = time.perf_counter() - started
+        print(f"  [{done[0]:3d}] {elapsed:7.0f}s  {label}", file=sys.stderr, flush=True)
+
+    run_heads(args, device, peak, rows, progress)
+    if not args.no_model:
+        run_models(args, device, peak, rows, progress)
+
+    os.makedirs(args.out_dir, exist_ok=True)
+    table = format_table(rows)
+    print(f"\nDevice: {name}\n\n{table}")
+    meta = dict(device=name, torch=torch.__version__, gemm_peak_gflops=peak, rates=RATES,
+                in_channels=IN_CHANNELS, channels=CHANNELS, repeats=args.repeats)
+    with open(os.path.join(args.out_dir, "benchmark.json"), "w") as f:
+        json.dump(dict(meta=meta, rows=[asdict(r) for r in rows]), f, indent=1)
+    with open(os.path.join(args.out_dir, "benchmark.md"), "w") as f:
+        f.write(f"Device: {name}; torch {torch.__version__}\n\n{table}\n")
+    plot(rows, os.path.join(args.out_dir, "benchmark.png"), f"{name}, torch {torch.__version__}")
+    print(f"\nwrote {args.out_dir}/benchmark.json, benchmark.md, benchmark.png")
+
+
+if __name__ == "__main__":
+    main()
