@@ -6,6 +6,7 @@ PYTHON ?= python3
 STACK ?= onedl
 TORCH ?= torch==2.13.0
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
 ifeq ($(STACK),onedl)
 VENV ?= .venv
@@ -19,7 +20,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install test clean
+.PHONY: install test demo clean
 
 install: $(STAMP)
 
@@ -37,6 +38,10 @@ endif
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Synthetic Cityscapes-layout data -> train on CPU -> evaluate -> colour overlays.
+demo: install
+	$(PY) tools/demo.py $(DEMO_ARGS)
 
 clean:
 	rm -rf .venv .venv-openmmlab
