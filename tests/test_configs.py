@@ -1,0 +1,57 @@
+"""Every shipped config loads and builds; the real R101-D8 runs a small forward."""
+import glob
+import os
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.model import revert_sync_batchnorm
+from mmseg.registry import MODELS
+
+from mmseg_aspp import ASPPHead
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*", "*.py")))
+CONFIGS = [c for c in CONFIGS if os.sep + "_base_" + os.sep not in c]
+
+
+def _load(path):
+    cfg = Config.fromfile(path)
+    cfg.model.pretrained = None  # no downloads in tests
+    return cfg
+
+
+def test_every_recipe_has_an_upstream_twin():
+    ours = {os.path.basename(c) for c in CONFIGS if os.sep + "deeplabv3_upstream" + os.sep not in c}
+    twins = {os.path.basename(c) for c in CONFIGS if os.sep + "deeplabv3_upstream" + os.sep in c}
+    assert ours == twins
+    assert len(ours) >= 16
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.relpath(p, os.path.join(ROOT, "configs")))
+def test_config_builds(path):
+    cfg = _load(path)
+    assert cfg.custom_imports["imports"] == ["mmseg_aspp"]
+    model = MODELS.build(cfg.model)
+    is_twin = os.sep + "deeplabv3_upstream" + os.sep in path
+    assert isinstance(model.decode_head, ASPPHead) != is_twin
+    assert type(model.decode_head).__name__ == "ASPPHead"
+
+
+def test_twin_differs_only_in_head_type():
+    name = "deeplabv3_r101-d8_4xb2-80k_cityscapes-512x1024.py"
+    ours = _load(os.path.join(ROOT, "configs", "deeplabv3", name)).to_dict()
+    twin = _load(os.path.join(ROOT, "configs", "deeplabv3_upstream", name)).to_dict()
+    assert ours["model"]["decode_head"].pop("type") == "mmseg_aspp.ASPPHead"
+    assert twin["model"]["decode_head"].pop("type") == "ASPPHead"
+    assert ours == twin
+
+
+def test_r101_d8_forward_on_a_small_input():
+    cfg = _load(os.path.join(ROOT, "configs", "deeplabv3", "deeplabv3_r101-d8_4xb2-80k_cityscapes-512x1024.py"))
+    model = revert_sync_batchnorm(MODELS.build(cfg.model)).eval()
+    assert cfg.model.backbone.depth == 101 and cfg.model.decode_head.dilations == (1, 12, 24, 36)
+    with torch.no_grad():
+        logits = model(torch.randn(1, 3, 64, 96), mode="tensor")
+    assert logits.shape == (1, 19, 8, 12)  # output stride 8
+    assert torch.isfinite(logits).all()

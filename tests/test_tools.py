@@ -1,0 +1,159 @@
+"""End-to-end: the shipped tools on synthetic data in the real dataset layouts."""
+import glob
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOLS = os.path.join(ROOT, "tools")
+DEMO_CS = os.path.join(ROOT, "configs", "demo", "deeplabv3_r18-d8_1xb4-1k_synthetic-cityscapes-128x256.py")
+DEMO_VOC = os.path.join(ROOT, "configs", "demo", "deeplabv3_r18-d8_1xb4-1k_synthetic-voc-128x128.py")
+TWIN_CS = os.path.join(ROOT, "configs", "deeplabv3_upstream", os.path.basename(DEMO_CS))
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([ROOT, os.path.dirname(__file__), env.get("PYTHONPATH", "")])
+    env.setdefault("OMP_NUM_THREADS", "2")
+    return env
+
+
+def run_tool(*args, timeout=600):
+    cmd = [sys.executable, *args] if args[0].endswith(".py") else ["bash", *args]
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{output[-4000:]}"
+    return output
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    for layout in ("cityscapes", "voc"):
+        run_tool(os.path.join(TOOLS, "make_synthetic_data.py"), layout, str(root / layout),
+                 "--train", "4", "--val", "2")
+    return root
+
+
+def small_config(tmp_path, base, data_root, iters=4, extra=""):
+    """A config inheriting ``base`` with tiny data, few iterations, no workers."""
+    if "voc" in os.path.basename(base):
+        voc = f"{data_root}/voc/VOCdevkit/VOC2012"
+        train_ds = f"dict(datasets=[dict(data_root='{voc}'), dict(data_root='{voc}')])"
+        val_root = voc
+    else:
+        train_ds = f"dict(data_root='{data_root}/cityscapes/')"
+        val_root = f"{data_root}/cityscapes/"
+    text = f"""
+_base_ = '{base}'
+custom_imports = dict(imports=['mmseg_aspp', 'rank_marker'], allow_failed_imports=False)
+train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False, dataset={train_ds})
+val_dataloader = dict(num_workers=0, persistent_workers=False, dataset=dict(data_root='{val_root}'))
+test_dataloader = val_dataloader
+train_cfg = dict(max_iters={iters}, val_interval={iters})
+param_scheduler = [dict(type='PolyLR', eta_min=1e-4, power=0.9, begin=0, end=100, by_epoch=False)]
+default_hooks = dict(checkpoint=dict(interval=2, max_keep_ckpts=5), logger=dict(interval=1))
+custom_hooks = [dict(type='RankMarkerHook')]
+{extra}
+"""
+    path = tmp_path / f"small_{os.path.basename(base)}"
+    path.write_text(text)
+    return str(path)
+
+
+def _rank_records(work_dir):
+    return [json.load(open(p)) for p in sorted(glob.glob(os.path.join(work_dir, "rank*.json")))]
+
+
+def test_synthetic_layouts_load_in_mmseg_datasets(data_root):
+    from mmseg.datasets import CityscapesDataset, PascalVOCDataset
+
+    cs = CityscapesDataset(data_root=str(data_root / "cityscapes"),
+                           data_prefix=dict(img_path="leftImg8bit/train", seg_map_path="gtFine/train"),
+                           pipeline=[dict(type="LoadImageFromFile"), dict(type="LoadAnnotations")])
+    voc_root = str(data_root / "voc" / "VOCdevkit" / "VOC2012")
+    voc = PascalVOCDataset(data_root=voc_root, ann_file="ImageSets/Segmentation/aug.txt",
+                           data_prefix=dict(img_path="JPEGImages", seg_map_path="SegmentationClassAug"),
+                           pipeline=[dict(type="LoadImageFromFile"), dict(type="LoadAnnotations")])
+    for dataset, num_classes in ((cs, 19), (voc, 21)):
+        assert len(dataset) == 4
+        sample = dataset[0]
+        labels = set(sample["gt_seg_map"].flatten().tolist())
+        assert 255 in labels, "ignore regions are part of the synthetic labels"
+        assert len(labels - {255}) >= 2 and max(labels - {255}) < num_classes
+
+
+def test_train_test_resume_cityscapes_layout(tmp_path, data_root):
+    config = small_config(tmp_path, DEMO_CS, data_root)
+    work_dir = str(tmp_path / "work")
+    log = run_tool(os.path.join(TOOLS, "train.py"), config, "--work-dir", work_dir)
+    assert os.path.isfile(os.path.join(work_dir, "iter_4.pth"))
+    assert "mIoU" in log
+    assert _rank_records(work_dir)[0]["iters"] == 4
+
+    # --resume picks up the latest checkpoint and continues to the new max_iters
+    log = run_tool(os.path.join(TOOLS, "train.py"), config, "--work-dir", work_dir, "--resume",
+                   "--cfg-options", "train_cfg.max_iters=6", "train_cfg.val_interval=6")
+    assert "resumed" in log.lower() and "iter_4.pth" in log
+    assert os.path.isfile(os.path.join(work_dir, "iter_6.pth"))
+    assert _rank_records(work_dir)[0]["iters"] == 6
+
+    checkpoint = os.path.join(work_dir, "iter_6.pth")
+    show_dir = str(tmp_path / "vis")
+    out_dir = str(tmp_path / "pred")
+    log = run_tool(os.path.join(TOOLS, "test.py"), config, checkpoint, "--work-dir", str(tmp_path / "t1"),
+                   "--show-dir", show_dir, "--out", out_dir)
+    metrics = json.load(open(tmp_path / "t1" / "test_metrics.json"))
+    assert 0 <= metrics["mIoU"] <= 100
+    assert len(glob.glob(os.path.join(show_dir, "**", "*.png"), recursive=True)) == 2
+    assert len(glob.glob(os.path.join(out_dir, "**", "*.png"), recursive=True)) == 2
+
+    log = run_tool(os.path.join(TOOLS, "test.py"), config, checkpoint, "--work-dir", str(tmp_path / "t2"),
+                   "--tta")
+    assert "mIoU" in log
+    assert os.path.isfile(tmp_path / "t2" / "test_metrics.json")
+
+
+def test_train_and_test_voc_layout(tmp_path, data_root):
+    config = small_config(tmp_path, DEMO_VOC, data_root, iters=2)
+    work_dir = str(tmp_path / "work")
+    run_tool(os.path.join(TOOLS, "train.py"), config, "--work-dir", work_dir)
+    run_tool(os.path.join(TOOLS, "test.py"), config, os.path.join(work_dir, "iter_2.pth"),
+             "--work-dir", str(tmp_path / "test"))
+    assert "mIoU" in json.load(open(tmp_path / "test" / "test_metrics.json"))
+
+
+def test_upstream_twin_trains_through_the_same_tools(tmp_path, data_root):
+    config = small_config(tmp_path, TWIN_CS, data_root, iters=2)
+    work_dir = str(tmp_path / "work")
+    log = run_tool(os.path.join(TOOLS, "train.py"), config, "--work-dir", work_dir)
+    assert "type='ASPPHead'" in log or 'type="ASPPHead"' in log
+    assert os.path.isfile(os.path.join(work_dir, "iter_2.pth"))
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_distributed_training(tmp_path, data_root):
+    config = small_config(tmp_path, DEMO_CS, data_root, iters=2)
+    work_dir = str(tmp_path / "work")
+    os.environ["PORT"] = str(_free_port())
+    try:
+        run_tool(os.path.join(TOOLS, "dist_train.sh"), config, "2", "--work-dir", work_dir)
+    finally:
+        del os.environ["PORT"]
+    records = _rank_records(work_dir)
+    assert [r["rank"] for r in records] == [0, 1]
+    assert all(r["world_size"] == 2 and r["iters"] == 2 for r in records)
+    assert all(r["wrapper"] == "MMDistributedDataParallel" for r in records)
+    # DDP averaged the gradients: both replicas hold the same weights.
+    assert records[0]["checksum"] == pytest.approx(records[1]["checksum"], rel=1e-6)
+    assert os.path.isfile(os.path.join(work_dir, "iter_2.pth"))
+    assert not glob.glob(os.path.join(work_dir, "*rank1*.pth"))
