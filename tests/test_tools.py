@@ -18,7 +18,7 @@ TWIN_CS = os.path.join(ROOT, "configs", "deeplabv3_upstream", os.path.basename(D
 def _env():
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([ROOT, os.path.dirname(__file__), env.get("PYTHONPATH", "")])
-    env.setdefault("OMP_NUM_THREADS", "2")
+    env["PYTHON"] = sys.executable  # the launcher scripts run ${PYTHON:-python}
     return env
 
 
@@ -43,7 +43,11 @@ def small_config(tmp_path, base, data_root, iters=4, extra=""):
     """A config inheriting ``base`` with tiny data, few iterations, no workers."""
     if "voc" in os.path.basename(base):
         voc = f"{data_root}/voc/VOCdevkit/VOC2012"
-        train_ds = f"dict(datasets=[dict(data_root='{voc}'), dict(data_root='{voc}')])"
+        parts = [("SegmentationClass", "train"), ("SegmentationClassAug", "aug")]
+        train_ds = "dict(datasets=[" + ", ".join(
+            f"dict(type='PascalVOCDataset', data_root='{voc}', ann_file='ImageSets/Segmentation/{split}.txt', "
+            f"data_prefix=dict(img_path='JPEGImages', seg_map_path='{labels}'), "
+            "pipeline={{_base_.train_pipeline}})" for labels, split in parts) + "])"
         val_root = voc
     else:
         train_ds = f"dict(data_root='{data_root}/cityscapes/')"

@@ -57,16 +57,20 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_it(fn, device, repeats: int) -> list[float]:
-    fn()  # warm-up: caches, allocator, oneDNN primitives
-    _sync(device)
+def time_it(fn, device, repeats: int) -> tuple[list[float], float | None]:
+    """Timed runs after one warm-up call (caches, allocator, oneDNN primitives).
+
+    Returns:
+        Wall times in ms, and the warm-up call's peak memory in MB.
+    """
+    peak_mb = peak_memory_mb(fn, device)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         _sync(device)
         times.append((time.perf_counter() - start) * 1000)
-    return times
+    return times, peak_mb
 
 
 def _proc_status_mb(key: str) -> float:
@@ -97,7 +101,7 @@ def peak_memory_mb(fn, device) -> float | None:
 def gemm_peak_gflops(device, dtype) -> float:
     a = torch.randn(2048, 4096, device=device, dtype=dtype)
     b = torch.randn(4096, 2048, device=device, dtype=dtype)
-    best = min(time_it(lambda: a @ b, device, 5))
+    best = min(time_it(lambda: a @ b, device, 5)[0])
     return 2 * 2048 * 4096 * 2048 / (best / 1000) / 1e9
 
 
@@ -157,10 +161,9 @@ def run_heads(args, device, peak, rows, progress):
                         progress(f"{case} {mode} {name} {label}")
                         head.load_state_dict(initial[name])
                         fn = _step_fn(name, head, x, mode, device, dtype)
-                        times = time_it(fn, device, args.repeats)
+                        times, peak_mb = time_it(fn, device, args.repeats)
                         row = Row(case, mode, name if dtype is None else f"{name} {label}",
-                                  statistics.median(times), max(times) - min(times), times)
-                        row.peak_mb = peak_memory_mb(fn, device)
+                                  statistics.median(times), max(times) - min(times), times, peak_mb=peak_mb)
                         flops = 2 * macs * (1 if mode == "eval" else 3)
                         row.limit_fraction = flops / (peak[label] * 1e9) / (row.median_ms / 1000)
                         if name == "upstream":
@@ -222,9 +225,9 @@ def run_models(args, device, peak, rows, progress):
         for name, model in models.items():
             progress(f"model {case} {mode} {name}")
             fn = _model_step(model, images, labels, mode)
-            times = time_it(fn, device, max(1, args.repeats // 2))
-            row = Row(case, mode, name, statistics.median(times), max(times) - min(times), times)
-            row.peak_mb = peak_memory_mb(fn, device)
+            times, peak_mb = time_it(fn, device, max(1, args.repeats // 2))
+            row = Row(case, mode, name, statistics.median(times), max(times) - min(times), times,
+                      peak_mb=peak_mb)
             base_ms = base_ms or row.median_ms
             row.ratio = base_ms / row.median_ms
             rows.append(row)

@@ -13,4 +13,4 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 PYTHONPATH="$HERE/..:${PYTHONPATH:-}" srun -p "$PARTITION" \
     --job-name="$JOB_NAME" --gres=gpu:"$GPUS_PER_NODE" --ntasks="$GPUS" \
     --ntasks-per-node="$GPUS_PER_NODE" --cpus-per-task="$CPUS_PER_TASK" --kill-on-bad-exit=1 \
-    $SRUN_ARGS python -u "$HERE/train.py" "$CONFIG" --launcher slurm "$@"
+    $SRUN_ARGS "${PYTHON:-python}" -u "$HERE/train.py" "$CONFIG" --launcher slurm "$@"
