@@ -21,9 +21,14 @@ class UnsafeCheckpointError(RuntimeError):
     """A checkpoint needs a global that is not on the allowlist."""
 
 
+# HistoryBuffer fills _statistics_methods with these on first instantiation.
+_HISTORY_STATISTICS = ("min", "max", "current", "mean")
+
+
 def _history_buffer_getattr(obj: Any, name: str) -> Any:
     """``getattr`` restricted to what HistoryBuffer pickles reference."""
-    if obj is HistoryBuffer and name in HistoryBuffer._statistics_methods:
+    allowed = (*_HISTORY_STATISTICS, *HistoryBuffer._statistics_methods)
+    if obj is HistoryBuffer and name in allowed:
         return getattr(obj, name)
     raise pickle.UnpicklingError(
         f"refused getattr({obj!r}, {name!r}): only HistoryBuffer statistics may be looked up"

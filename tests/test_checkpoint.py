@@ -112,3 +112,15 @@ def test_getattr_is_limited_to_history_buffer_statistics(tmp_path):
     torch.save({"fn": _Sneaky()}, path)
     with pytest.raises(mmseg_aspp.checkpoint.UnsafeCheckpointError, match="refused getattr"):
         mmseg_aspp.load_checkpoint_file(path)
+
+
+def test_history_buffer_statistics_load_in_a_fresh_process(runner_checkpoint):
+    # No HistoryBuffer has been instantiated there, so its method table is still empty.
+    import subprocess
+    import sys
+
+    path, _ = runner_checkpoint
+    code = f"import mmseg_aspp; print(mmseg_aspp.load_checkpoint_file({path!r})['meta']['iter'])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("4")
