@@ -10,8 +10,8 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = os.path.join(ROOT, "tools")
-DEMO_CS = os.path.join(ROOT, "configs", "demo", "deeplabv3_r18-d8_1xb4-1k_synthetic-cityscapes-128x256.py")
-DEMO_VOC = os.path.join(ROOT, "configs", "demo", "deeplabv3_r18-d8_1xb4-1k_synthetic-voc-128x128.py")
+DEMO_CS = os.path.join(ROOT, "configs", "demo", "deeplabv3_r18-d8_1xb4-600it_synthetic-cityscapes-128x256.py")
+DEMO_VOC = os.path.join(ROOT, "configs", "demo", "deeplabv3_r18-d8_1xb4-600it_synthetic-voc-128x128.py")
 TWIN_CS = os.path.join(ROOT, "configs", "deeplabv3_upstream", os.path.basename(DEMO_CS))
 
 

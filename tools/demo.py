@@ -18,7 +18,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-CONFIG = os.path.join(ROOT, "configs", "demo", "deeplabv3_r18-d8_1xb4-1k_synthetic-cityscapes-128x256.py")
+CONFIG = os.path.join(ROOT, "configs", "demo", "deeplabv3_r18-d8_1xb4-600it_synthetic-cityscapes-128x256.py")
 DATA = os.path.join(ROOT, "data", "synthetic_cityscapes")
 
 
@@ -33,7 +33,7 @@ def run(step: str, cmd: list[str]) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work-dir", default=os.path.join(ROOT, "work_dirs", "demo"))
-    parser.add_argument("--iters", type=int, default=1000, help="training iterations (batch 4)")
+    parser.add_argument("--iters", type=int, default=600, help="training iterations (batch 4)")
     args = parser.parse_args(argv)
     work_dir = os.path.abspath(args.work_dir)
     started = time.time()

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Write a small deterministic dataset in the real Cityscapes or Pascal VOC layout.
 
-Scenes hold textured shapes; each class has its own colour family and texture
-(stripes of a given angle and period, checks, dots), so a small network can
-learn them, and colour jitter and noise keep it from being trivial. Labels mark
+Scenes hold textured shapes. Classes come in pairs that share a colour family
+and differ only by texture (stripe angle, checks, dots), and colour jitter and
+pixel noise are strong, so a network has to learn texture, not just colour. Labels mark
 a thin band around every shape and a few blobs as ignore (255), like real sets.
 
 mmseg's own CityscapesDataset / PascalVOCDataset read the output unchanged:
@@ -22,14 +22,14 @@ from PIL import Image, ImageDraw, ImageFilter
 
 IGNORE = 255
 # class id -> (RGB colour, texture kind, parameter)
-CITYSCAPES_CLASSES = {  # trainIds
+CITYSCAPES_CLASSES = {  # trainIds; pairs share a colour family and differ by texture
     0: ((128, 64, 128), "noise", 0),       # road: the ground
     10: ((70, 130, 180), "smooth", 0),     # sky: the top band
-    1: ((244, 35, 232), "stripes", 0),     # sidewalk
-    2: ((70, 70, 70), "checks", 8),        # building
+    1: ((150, 150, 150), "stripes", 0),    # sidewalk
+    2: ((140, 140, 140), "checks", 8),     # building
     8: ((107, 142, 35), "dots", 5),        # vegetation
-    11: ((220, 20, 60), "stripes", 90),    # person
-    13: ((0, 0, 142), "stripes", 45),      # car
+    11: ((180, 60, 60), "stripes", 90),    # person
+    13: ((170, 70, 70), "stripes", 45),    # car
 }
 VOC_CLASSES = {
     0: ((40, 40, 40), "noise", 0),          # background
@@ -59,7 +59,7 @@ def _texture(kind: str, param: int, height: int, width: int, rng: np.random.Gene
 
 def _paint(image: np.ndarray, mask: np.ndarray, colour, kind, param, rng) -> None:
     height, width = mask.shape
-    jitter = rng.normal(0, 12, size=3)
+    jitter = rng.normal(0, 20, size=3)
     base = np.clip(np.asarray(colour, np.float32) + jitter, 0, 255)
     texture = _texture(kind, param, height, width, rng)[..., None]
     layer = base * (0.65 + 0.5 * texture)
@@ -106,7 +106,7 @@ def make_scene(classes: dict, height: int, width: int, rng: np.random.Generator)
         shrunk = np.asarray(canvas.filter(ImageFilter.MinFilter(5)))
         boundary |= grown != shrunk
     label[boundary] = IGNORE
-    image += rng.normal(0, 10, image.shape)
+    image += rng.normal(0, 25, image.shape)
     return np.clip(image, 0, 255).astype(np.uint8), label
 
 
