@@ -68,3 +68,19 @@ def test_multi_input_transform_matches():
     inputs = [torch.randn(1, 8, 12, 12, generator=gen), torch.randn(1, 8, 6, 6, generator=gen)]
     with torch.no_grad():
         torch.testing.assert_close(ours(inputs), upstream(inputs), atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("shape", [(1, 16, 16), (2, 8, 12), (1, 5, 30)])
+def test_small_map_gemm_path_matches_in_inference(shape):
+    # Small inputs without autograd take the per-tap GEMM path (mmseg_aspp.atrous.gemm).
+    from mmseg_aspp.atrous.aspp import GEMM, GEMM_MAX_PIXELS, plan_branches
+
+    batch, height, width = shape
+    assert batch * height * width <= GEMM_MAX_PIXELS
+    dilations = (1, 4, 7, 24)
+    assert GEMM in {p.mode for p in plan_branches(height, width, dilations, True)}
+    ours, upstream = twin_heads(dilations=dilations)
+    ours.eval(), upstream.eval()
+    inputs = _inputs(*shape)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(inputs), upstream(inputs), atol=ATOL, rtol=0)

@@ -6,7 +6,9 @@ order):
 * atrous branches drop kernel rows/columns that only read zero padding
   (a branch whose rate reaches the map size becomes 1x3, 3x1 or 1x1);
 * partially valid branches run channels-last, where the convolution skips
-  taps that fall outside the map, in forward and backward (``conv.py``);
+  taps that fall outside the map, in forward and backward (``conv.py``); on
+  small maps, where direct convolution is slow, they and the bottleneck run as
+  one GEMM per tap over the pixels that tap reaches (``gemm.py``);
 * the image-pool branch is constant over the map, so its share of the 3x3
   bottleneck is a per-pixel sum of at most nine projected vectors instead of
   a convolution over a broadcast map.
@@ -21,12 +23,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .conv import atrous_convs
+from .gemm import kernel_offsets, taps_conv_hwc
 from .geometry import effective_kernel, valid_tap_fraction
 from .weights import prepared_weight
 
 # Below this 2-D valid-tap fraction a dilated conv is faster channels-last with
 # tap skipping; above it the plain dense convolution wins.
 SKIP_TAPS_BELOW = 0.9
+# Up to this many output pixels (batch x H x W) per-tap GEMMs beat direct
+# convolution in inference; with autograd their region-wise backward does not.
+GEMM_MAX_PIXELS = 512
+
+DENSE, SKIP, GEMM = "dense", "skip", "gemm"
 
 
 class BranchPlan(NamedTuple):
@@ -34,21 +42,25 @@ class BranchPlan(NamedTuple):
     cols: slice
     padding: tuple[int, int]
     rate: int
-    skip_taps: bool
+    mode: str  # DENSE: plain conv; SKIP: channels-last tap skipping; GEMM: per-tap GEMMs
 
 
 @lru_cache(maxsize=256)
-def plan_branches(height: int, width: int, rates: tuple[int, ...]) -> tuple[BranchPlan, ...]:
-    """How each branch runs at a given map size (cached: depends on shapes only)."""
+def plan_branches(height: int, width: int, rates: tuple[int, ...], gemm: bool) -> tuple[BranchPlan, ...]:
+    """How each branch runs at a map size (cached); ``gemm``: small map, no autograd."""
     plans = []
     for rate in rates:
         if rate == 1:
-            plans.append(BranchPlan(slice(0, 1), slice(0, 1), (0, 0), 1, False))
+            plans.append(BranchPlan(slice(0, 1), slice(0, 1), (0, 0), 1, DENSE))
             continue
         rows, cols, padding = effective_kernel(height, width, rate)
         is_1x1 = rows.stop - rows.start == 1 and cols.stop - cols.start == 1
         fraction = valid_tap_fraction(height, rate) * valid_tap_fraction(width, rate)
-        plans.append(BranchPlan(rows, cols, padding, rate, not is_1x1 and fraction < SKIP_TAPS_BELOW))
+        if is_1x1 or fraction >= SKIP_TAPS_BELOW:
+            mode = DENSE
+        else:
+            mode = GEMM if gemm else SKIP
+        plans.append(BranchPlan(rows, cols, padding, rate, mode))
     return tuple(plans)
 
 
@@ -97,16 +109,22 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
 
 
 def _branch_convs(x: Tensor, branches: Sequence[nn.Module], plans: Sequence[BranchPlan]) -> list[Tensor]:
+    layouts = {DENSE: "contiguous", SKIP: "channels_last", GEMM: "taps"}
+
     def kernel(i: int) -> Tensor:
         plan = plans[i]
         index = (slice(None), slice(None), plan.rows, plan.cols)
-        return prepared_weight(branches[i].conv.weight, index, plan.skip_taps, x.dtype)
+        return prepared_weight(branches[i].conv.weight, index, layouts[plan.mode], x.dtype)
 
     outs: list[Tensor | None] = [None] * len(plans)
-    skipping = [i for i, p in enumerate(plans) if p.skip_taps]
+    x_hwc = x.permute(0, 2, 3, 1).contiguous() if any(p.mode == GEMM for p in plans) else None
     for i, plan in enumerate(plans):
-        if not plan.skip_taps:
+        if plan.mode == DENSE:
             outs[i] = F.conv2d(x, kernel(i), None, 1, plan.padding, plan.rate)
+        elif plan.mode == GEMM:
+            offsets = kernel_offsets(plan.rows, plan.cols, plan.rate)
+            outs[i] = taps_conv_hwc(x_hwc, kernel(i), offsets).permute(0, 3, 1, 2)
+    skipping = [i for i, p in enumerate(plans) if p.mode == SKIP]
     if skipping:
         weights = [kernel(i) for i in skipping]
         geometry = [(plans[i].padding, plans[i].rate) for i in skipping]
@@ -131,17 +149,23 @@ def aspp_features(
         rates: Atrous rates, aligned with ``branches``.
         bottleneck: 3x3 ConvModule fusing the concatenated branches.
     """
-    height, width = x.shape[-2:]
-    plans = plan_branches(height, width, rates)
+    batch, _, height, width = x.shape
+    gemm = batch * height * width <= GEMM_MAX_PIXELS and not torch.is_grad_enabled()
+    plans = plan_branches(height, width, rates, gemm)
     pooled = pool_layer(F.adaptive_avg_pool2d(x, 1)).flatten(1)
     # Under autocast, cast the big input once rather than once per branch.
     convs = _branch_convs(x.to(_compute_dtype(x)), branches, plans)
     fused = torch.cat([_norm_act(m, out) for m, out in zip(branches, convs)], dim=1)
-    fused = fused.contiguous()
 
     weight = bottleneck.conv.weight
     n_pool = pooled.shape[1]
-    branch_part = prepared_weight(weight, (slice(None), slice(n_pool, None)), False, fused.dtype)
-    out = F.conv2d(fused, branch_part, None, 1, 1)
+    branch_part = (slice(None), slice(n_pool, None))
+    if gemm:
+        taps = prepared_weight(weight, branch_part, "taps", fused.dtype)
+        offsets = kernel_offsets(slice(0, 3), slice(0, 3), 1)
+        out = taps_conv_hwc(fused.permute(0, 2, 3, 1).contiguous(), taps, offsets).permute(0, 3, 1, 2)
+    else:
+        dense = prepared_weight(weight, branch_part, "contiguous", fused.dtype)
+        out = F.conv2d(fused.contiguous(), dense, None, 1, 1)
     out = out + _pool_bottleneck_term(weight[:, :n_pool], pooled, height, width)
     return _norm_act(bottleneck, out)

@@ -16,28 +16,33 @@ from torch.utils.weak import WeakIdKeyDictionary
 _cache: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
 
-def prepared_weight(
-    weight: Tensor, index: tuple, channels_last: bool, dtype: torch.dtype | None = None
-) -> Tensor:
+def _layout(view: Tensor, layout: str) -> Tensor:
+    if layout == "taps":  # (O, C, kh, kw) -> (kh * kw, C, O) for per-tap GEMMs
+        out_ch, in_ch = view.shape[:2]
+        return view.permute(2, 3, 1, 0).reshape(-1, in_ch, out_ch).contiguous()
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    return view.contiguous(memory_format=fmt)
+
+
+def prepared_weight(weight: Tensor, index: tuple, layout: str, dtype: torch.dtype | None = None) -> Tensor:
     """``weight[index]`` laid out for convolution, cached while autograd is off.
 
     Args:
         weight: A parameter of the head.
         index: Tuple of slices selecting the part to use.
-        channels_last: Lay the result out channels-last (for channels-last convs).
+        layout: ``"contiguous"``, ``"channels_last"`` or ``"taps"`` (per-tap matrices).
         dtype: Compute dtype (under autocast); defaults to the weight's own.
     """
     dtype = dtype or weight.dtype
     view = weight[index]
     if torch.is_grad_enabled() and weight.requires_grad:
-        return view.to(dtype)
+        return _layout(view.to(dtype), layout)
     stamp = (weight._version, weight.data_ptr(), weight.dtype, weight.device)
-    key = (tuple((s.start, s.stop, s.step) for s in index), channels_last, dtype)  # slices hash from 3.12 on
+    key = (tuple((s.start, s.stop, s.step) for s in index), layout, dtype)  # slices hash from 3.12 on
     entries = _cache.setdefault(weight, {})
     hit = entries.get(key)
     if hit is not None and hit[0] == stamp:
         return hit[1]
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    prepared = view.to(dtype).contiguous(memory_format=fmt)
+    prepared = _layout(view.to(dtype), layout)
     entries[key] = (stamp, prepared)
     return prepared
