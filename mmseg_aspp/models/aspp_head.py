@@ -52,7 +52,7 @@ class ASPPHead(BaseDecodeHead):
     """
 
     def __init__(self, dilations: Sequence[int] = (1, 6, 12, 18), **kwargs) -> None:
-        self_dilations = _check_dilations(dilations)
+        rates = _check_dilations(dilations)
         for name in ("in_channels", "channels"):
             if name in kwargs:
                 _check_channels(name, kwargs[name])
@@ -62,7 +62,7 @@ class ASPPHead(BaseDecodeHead):
                 f"ASPPHead supports plain convolutions only (conv_cfg=None); got "
                 f"conv_cfg={self.conv_cfg!r}"
             )
-        self.dilations = self_dilations
+        self.dilations = rates
         layer_cfg = dict(conv_cfg=self.conv_cfg, norm_cfg=self.norm_cfg, act_cfg=self.act_cfg)
         self.image_pool = nn.Sequential(
             nn.AdaptiveAvgPool2d(1),
