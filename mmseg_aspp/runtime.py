@@ -25,6 +25,24 @@ def replace_sync_bn(node):
     return node
 
 
+def load_config(path: str, cfg_options: dict | None, launcher: str, work_dir: str | None) -> Config:
+    """Read a config for the tools: overrides merged, devices adapted, work dir set.
+
+    Args:
+        path: Config file.
+        cfg_options: ``--cfg-options`` overrides, or None.
+        launcher: ``none``, ``pytorch``, ``slurm`` or ``mpi``.
+        work_dir: ``--work-dir``; defaults to the config's or ``./work_dirs/<config name>``.
+    """
+    cfg = Config.fromfile(path)  # imports mmseg_aspp through custom_imports
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    prepare_config(cfg, launcher)
+    name = os.path.splitext(os.path.basename(path))[0]
+    cfg.work_dir = work_dir or cfg.get("work_dir") or os.path.join("./work_dirs", name)
+    return cfg
+
+
 def prepare_config(cfg: Config, launcher: str) -> None:
     """Adapt a GPU recipe to the devices at hand (in place)."""
     cfg.launcher = launcher

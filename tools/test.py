@@ -17,6 +17,8 @@ sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), ".."))
 from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
+from mmseg_aspp.runtime import load_config  # noqa: E402
+
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Evaluate a segmentor checkpoint")
@@ -52,15 +54,7 @@ def main(argv=None) -> None:
     for path, what in ((args.config, "config"), (args.checkpoint, "checkpoint")):
         if not osp.isfile(path):
             sys.exit(f"{what} not found: {path}")
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
-
-    from mmseg_aspp.runtime import prepare_config
-
-    prepare_config(cfg, args.launcher)
-    cfg.work_dir = args.work_dir or cfg.get("work_dir") or osp.join(
-        "./work_dirs", osp.splitext(osp.basename(args.config))[0])
+    cfg = load_config(args.config, args.cfg_options, args.launcher, args.work_dir)
     cfg.load_from = args.checkpoint
     if args.show or args.show_dir:
         enable_visualization(cfg, args)

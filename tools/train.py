@@ -15,8 +15,10 @@ import sys
 
 sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), ".."))
 
-from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.config import DictAction  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
+
+from mmseg_aspp.runtime import load_config  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -38,15 +40,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     if not osp.isfile(args.config):
         sys.exit(f"config not found: {args.config}")
-    cfg = Config.fromfile(args.config)  # imports mmseg_aspp through custom_imports
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
-
-    from mmseg_aspp.runtime import prepare_config
-
-    prepare_config(cfg, args.launcher)
-    cfg.work_dir = args.work_dir or cfg.get("work_dir") or osp.join(
-        "./work_dirs", osp.splitext(osp.basename(args.config))[0])
+    cfg = load_config(args.config, args.cfg_options, args.launcher, args.work_dir)
     if args.amp:
         import torch
 

@@ -3,8 +3,8 @@
 Cropped kernels, channel slices of the bottleneck and channels-last copies
 are views of the module's parameters that a convolution would otherwise copy
 or reorder on every call (tens of MB for a 2048-channel head, which matters
-on small maps). When autograd needs the view, it is returned as is; otherwise
-the prepared copy is kept until the parameter changes (in-place updates bump
+on small maps). When autograd is on, the layout is made afresh from the
+parameter so gradients flow to it; otherwise the prepared copy is kept until the parameter changes (in-place updates bump
 its version counter; replaced storage changes its data pointer).
 """
 from __future__ import annotations
