@@ -76,3 +76,15 @@ def init_cpu_process_group(cfg: Config) -> None:
         )
     timeout = cfg.env_cfg.get("dist_cfg", {}).get("timeout", 1800)
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=timeout))
+
+
+def shutdown_distributed() -> None:
+    """Tear down the process group, if any, before the interpreter exits.
+
+    Left to interpreter shutdown, gloo's worker threads can outlive Python and
+    abort the process ("terminate called without an active exception").
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

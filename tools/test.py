@@ -17,7 +17,7 @@ sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), ".."))
 from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
-from mmseg_aspp.runtime import load_config  # noqa: E402
+from mmseg_aspp.runtime import load_config, shutdown_distributed  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -66,8 +66,11 @@ def main(argv=None) -> None:
         cfg.test_evaluator["output_dir"] = args.out
         cfg.test_evaluator["keep_results"] = True
 
-    runner = Runner.from_cfg(cfg)
-    metrics = runner.test()
+    try:
+        runner = Runner.from_cfg(cfg)
+        metrics = runner.test()
+    finally:
+        shutdown_distributed()
     if runner.rank == 0:
         path = osp.join(cfg.work_dir, "test_metrics.json")
         with open(path, "w") as f:

@@ -18,7 +18,7 @@ sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), ".."))
 from mmengine.config import DictAction  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
-from mmseg_aspp.runtime import load_config  # noqa: E402
+from mmseg_aspp.runtime import load_config, shutdown_distributed  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -51,8 +51,10 @@ def main(argv=None) -> None:
             cfg.optim_wrapper.setdefault("loss_scale", "dynamic")
     cfg.resume = args.resume
 
-    runner = Runner.from_cfg(cfg)
-    runner.train()
+    try:
+        Runner.from_cfg(cfg).train()
+    finally:
+        shutdown_distributed()
 
 
 if __name__ == "__main__":
