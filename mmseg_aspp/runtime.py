@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import datetime
 import os
+import sys
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 from mmengine.config import Config
+
+from .errors import MmsegAsppError, user_message
 
 
 def replace_sync_bn(node):
@@ -76,6 +81,18 @@ def init_cpu_process_group(cfg: Config) -> None:
         )
     timeout = cfg.env_cfg.get("dist_cfg", {}).get("timeout", 1800)
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=timeout))
+
+
+@contextmanager
+def tool_session() -> Iterator[None]:
+    """Run a tool's work: our errors end it with one message and exit code 1, and the
+    process group (if any) is torn down on the way out."""
+    try:
+        yield
+    except MmsegAsppError as err:
+        sys.exit(f"error: {user_message(err)}")
+    finally:
+        shutdown_distributed()
 
 
 def shutdown_distributed() -> None:

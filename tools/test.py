@@ -17,7 +17,10 @@ sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), ".."))
 from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
-from mmseg_aspp.runtime import load_config, shutdown_distributed  # noqa: E402
+from mmseg_aspp.checkpoint import install_safe_loading  # noqa: E402
+from mmseg_aspp.data import check_dataset_paths  # noqa: E402
+from mmseg_aspp.runner import CheckpointGuardHook  # noqa: E402
+from mmseg_aspp.runtime import load_config, tool_session  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -30,6 +33,8 @@ def parse_args(argv=None):
     parser.add_argument("--show-dir", help="save colour overlays of predictions to this folder")
     parser.add_argument("--wait-time", type=float, default=2, help="seconds between --show images")
     parser.add_argument("--tta", action="store_true", help="multi-scale + flip test-time augmentation")
+    parser.add_argument("--unsafe-load", action="store_true",
+                        help="allow a checkpoint that needs full unpickling (runs code it holds; trusted files only)")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config entries")
     parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=0)
@@ -54,29 +59,29 @@ def main(argv=None) -> None:
     for path, what in ((args.config, "config"), (args.checkpoint, "checkpoint")):
         if not osp.isfile(path):
             sys.exit(f"{what} not found: {path}")
-    cfg = load_config(args.config, args.cfg_options, args.launcher, args.work_dir)
-    cfg.load_from = args.checkpoint
-    if args.show or args.show_dir:
-        enable_visualization(cfg, args)
-    if args.tta:
-        cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
-        cfg.tta_model.module = cfg.model
-        cfg.model = cfg.tta_model
-    if args.out:
-        cfg.test_evaluator["output_dir"] = args.out
-        cfg.test_evaluator["keep_results"] = True
+    with tool_session():
+        cfg = load_config(args.config, args.cfg_options, args.launcher, args.work_dir)
+        install_safe_loading(unsafe=args.unsafe_load)
+        check_dataset_paths(cfg, ("test_dataloader",))
+        cfg.load_from = args.checkpoint
+        if args.show or args.show_dir:
+            enable_visualization(cfg, args)
+        if args.tta:
+            cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+            cfg.tta_model.module = cfg.model
+            cfg.model = cfg.tta_model
+        if args.out:
+            cfg.test_evaluator["output_dir"] = args.out
+            cfg.test_evaluator["keep_results"] = True
 
-    try:
         runner = Runner.from_cfg(cfg)
+        runner.register_hook(CheckpointGuardHook(args.checkpoint))
         metrics = runner.test()
-    finally:
-        shutdown_distributed()
-    if runner.rank == 0:
-        path = osp.join(cfg.work_dir, "test_metrics.json")
-        with open(path, "w") as f:
-            json.dump({k: float(v) for k, v in metrics.items()}, f, indent=1)
-        print(f"metrics written to {path}")
-
+        if runner.rank == 0:
+            path = osp.join(cfg.work_dir, "test_metrics.json")
+            with open(path, "w") as f:
+                json.dump({k: float(v) for k, v in metrics.items()}, f, indent=1)
+            print(f"metrics written to {path}")
 
 if __name__ == "__main__":
     main()

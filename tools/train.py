@@ -16,9 +16,10 @@ import sys
 sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), ".."))
 
 from mmengine.config import DictAction  # noqa: E402
-from mmengine.runner import Runner  # noqa: E402
-
-from mmseg_aspp.runtime import load_config, shutdown_distributed  # noqa: E402
+from mmseg_aspp.checkpoint import install_safe_loading  # noqa: E402
+from mmseg_aspp.data import check_dataset_paths  # noqa: E402
+from mmseg_aspp.runner import CheckpointGuardHook, ReliableRunner, latest_checkpoint  # noqa: E402
+from mmseg_aspp.runtime import load_config, tool_session  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -27,6 +28,8 @@ def parse_args(argv=None):
     parser.add_argument("--work-dir", help="where logs and checkpoints go")
     parser.add_argument("--resume", action="store_true", help="resume from the latest checkpoint in work-dir")
     parser.add_argument("--amp", action="store_true", help="automatic mixed precision (CUDA)")
+    parser.add_argument("--unsafe-load", action="store_true",
+                        help="allow checkpoints that need full unpickling (runs code they hold; trusted files only)")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction,
                         help="override config entries, e.g. train_cfg.max_iters=100")
     parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
@@ -40,22 +43,29 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     if not osp.isfile(args.config):
         sys.exit(f"config not found: {args.config}")
-    cfg = load_config(args.config, args.cfg_options, args.launcher, args.work_dir)
-    if args.amp:
-        import torch
+    with tool_session():
+        cfg = load_config(args.config, args.cfg_options, args.launcher, args.work_dir)
+        if args.amp:
+            import torch
 
-        if not torch.cuda.is_available():
-            sys.exit("--amp uses CUDA autocast and needs a GPU; drop --amp to train on CPU")
-        if cfg.optim_wrapper.get("type") != "AmpOptimWrapper":
-            cfg.optim_wrapper.type = "AmpOptimWrapper"
-            cfg.optim_wrapper.setdefault("loss_scale", "dynamic")
-    cfg.resume = args.resume
-
-    try:
-        Runner.from_cfg(cfg).train()
-    finally:
-        shutdown_distributed()
-
+            if not torch.cuda.is_available():
+                sys.exit("--amp uses CUDA autocast and needs a GPU; drop --amp to train on CPU")
+            if cfg.optim_wrapper.get("type") != "AmpOptimWrapper":
+                cfg.optim_wrapper.type = "AmpOptimWrapper"
+                cfg.optim_wrapper.setdefault("loss_scale", "dynamic")
+        install_safe_loading(unsafe=args.unsafe_load)
+        check_dataset_paths(cfg, ("train_dataloader", "val_dataloader"))
+        cfg.resume = args.resume
+        if args.resume and not cfg.get("load_from"):
+            # The newest complete checkpoint file, rather than mmengine's
+            # last_checkpoint pointer, which a kill can leave empty.
+            cfg.load_from = latest_checkpoint(cfg.work_dir)
+            if cfg.load_from is None:
+                print(f"--resume: no checkpoint in {cfg.work_dir} yet; starting from iteration 0")
+        runner = ReliableRunner.from_cfg(cfg)
+        if args.resume and cfg.load_from:
+            runner.register_hook(CheckpointGuardHook(cfg.load_from))
+        runner.train()
 
 if __name__ == "__main__":
     main()

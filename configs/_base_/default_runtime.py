@@ -11,3 +11,4 @@ log_level = 'INFO'
 load_from = None
 resume = False
 tta_model = dict(type='SegTTAModel')
+randomness = dict(seed=0)  # fixed so a resumed run repeats the uninterrupted one
