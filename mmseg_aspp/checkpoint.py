@@ -87,7 +87,8 @@ def allow_mmengine_checkpoints() -> None:
         torch.serialization.add_safe_globals(missing)
 
 
-_UNSAFE_MARKERS = re.compile(r"Unsupported global: GLOBAL (\S+)|(refused getattr\([^)]*\))|WeightsUnpickler error: ([^\n]+)")
+# torch names the refused global in several phrasings across versions.
+_UNSAFE_MARKERS = re.compile(r"GLOBAL ([\w.]+)|(refused getattr\([^)]*\))")
 
 
 def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu", *, unsafe: bool = False) -> dict:
@@ -130,7 +131,11 @@ def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu", *, 
 
 
 def _damaged(path: str, err: BaseException) -> DamagedCheckpointError:
-    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    # Skip torch's generic weights_only preamble to reach the actual reason.
+    paragraphs = [p.strip() for p in str(err).split("\n\n") if p.strip()]
+    if len(paragraphs) > 1 and paragraphs[0].startswith("Weights only load failed"):
+        paragraphs = paragraphs[1:]
+    reason = paragraphs[0].splitlines()[0] if paragraphs else type(err).__name__
     return DamagedCheckpointError(
         f"cannot read checkpoint {path} ({os.path.getsize(path)} bytes): it is truncated, corrupt or "
         f"not a PyTorch checkpoint ({reason}). Download or copy it again."

@@ -2,9 +2,9 @@
 
 * Checkpoints are written to a hidden temporary file and renamed into place,
   so a run killed mid-save never leaves a half-written ``iter_N.pth``.
-* Each checkpoint also stores torch's RNG state, restored just before the first
-  resumed iteration: a killed and resumed run draws the same dropout masks and
-  augmentations as an uninterrupted one.
+* Each checkpoint also stores the RNG states, restored on resume: a killed and
+  resumed run draws the same dropout masks and augmentations as an
+  uninterrupted one (see ``RngStateHook`` for the one exception).
 * Loaded checkpoints are checked against the model: differing shapes or
   missing parameters are an error naming the keys, not a log warning.
 """
@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import glob
 import os
+import random
 import re
 
+import numpy as np
 import torch
 from mmengine.dist import master_only
 from mmengine.hooks import Hook
@@ -40,13 +42,19 @@ def latest_checkpoint(work_dir: str) -> str | None:
 
 
 class RngStateHook(Hook):
-    """Carry torch's RNG state (dropout) across a checkpoint and resume.
+    """Carry the RNG states across a checkpoint so a resumed run repeats the original.
 
-    The data pipeline's randomness needs no saving: on resume mmengine's loop
-    replays the dataloader up to the resumed iteration from the same seed.
+    On resume mmengine's loop first moves the dataloader past the trained
+    iterations. Older mmengine (0.10.7) does this by loading and discarding
+    those batches, which replays the augmentation draws from numpy's RNG by
+    itself; newer mmengine skips at the sampler without loading anything, so
+    numpy's and Python's states are restored before that skip. torch's state
+    (dropout) is restored just before the first resumed iteration.
     Validation creates dataloader iterators, which draw from torch's RNG; it is
-    fenced off so training draws the same numbers whether or not a validation
-    ran in between.
+    fenced off so training draws the same numbers whether or not one ran.
+    With dataloader worker processes, each worker's generator is seeded afresh
+    when the loader restarts, so augmentation after a resume is not bitwise
+    that of the original run.
     """
 
     priority = "VERY_LOW"
@@ -56,13 +64,19 @@ class RngStateHook(Hook):
         self._before_val: dict | None = None
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
-        checkpoint["rng_state"] = _torch_rng_state()
+        checkpoint["rng_state"] = dict(_torch_rng_state(), numpy=np.random.get_state(),
+                                       python=random.getstate())
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         self._pending = checkpoint.get("rng_state")
 
+    def before_train_epoch(self, runner) -> None:
+        skips_without_loading = hasattr(runner.train_loop.dataloader_iterator, "skip_iter")
+        if self._pending is not None and skips_without_loading:
+            np.random.set_state(self._pending["numpy"])
+            random.setstate(self._pending["python"])
+
     def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
-        # Applied here, after the loop's dataloader replay, not at load time.
         if self._pending is not None:
             _set_torch_rng_state(self._pending)
             self._pending = None

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Evaluate a checkpoint (mmseg's command line, mmengine's Runner).
 
-    python tools/test.py CONFIG CHECKPOINT [--out DIR] [--show-dir DIR] [--tta]
+    python tools/test.py CONFIG CHECKPOINT [--out DIR] [--show-dir DIR] [--tta] [--output-stride 8]
     bash tools/dist_test.sh CONFIG CHECKPOINT NUM_GPUS [...]
 """
 from __future__ import annotations
@@ -19,6 +19,7 @@ from mmengine.runner import Runner  # noqa: E402
 
 from mmseg_aspp.checkpoint import install_safe_loading  # noqa: E402
 from mmseg_aspp.data import check_dataset_paths  # noqa: E402
+from mmseg_aspp.output_stride import set_output_stride  # noqa: E402
 from mmseg_aspp.runner import CheckpointGuardHook  # noqa: E402
 from mmseg_aspp.runtime import load_config, tool_session  # noqa: E402
 
@@ -33,6 +34,9 @@ def parse_args(argv=None):
     parser.add_argument("--show-dir", help="save colour overlays of predictions to this folder")
     parser.add_argument("--wait-time", type=float, default=2, help="seconds between --show images")
     parser.add_argument("--tta", action="store_true", help="multi-scale + flip test-time augmentation")
+    parser.add_argument("--output-stride", type=int, choices=[8, 16, 32],
+                        help="evaluate at this output stride (e.g. 8 for a model trained at 16): "
+                             "backbone strides become dilations and ASPP rates rescale; same weights")
     parser.add_argument("--unsafe-load", action="store_true",
                         help="allow a checkpoint that needs full unpickling (runs code it holds; trusted files only)")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config entries")
@@ -64,6 +68,11 @@ def main(argv=None) -> None:
         install_safe_loading(unsafe=args.unsafe_load)
         check_dataset_paths(cfg, ("test_dataloader",))
         cfg.load_from = args.checkpoint
+        if args.output_stride:
+            old = set_output_stride(cfg.model, args.output_stride)
+            head = {k: v for k, v in cfg.model.decode_head.items() if k in ("dilations", "output_stride")}
+            print(f"output stride {old} -> {args.output_stride}: backbone strides "
+                  f"{cfg.model.backbone.strides}, dilations {cfg.model.backbone.dilations}; head {head}")
         if args.show or args.show_dir:
             enable_visualization(cfg, args)
         if args.tta:

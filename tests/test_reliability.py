@@ -1,0 +1,164 @@
+"""Failure handling of the tools: unsafe or damaged checkpoints, bad data, kills, dead ranks."""
+import glob
+import json
+import os
+import re
+import shutil
+import signal
+import time
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmseg.registry import MODELS
+
+from mmseg_aspp import load_checkpoint_file
+from tooling import DEMO_CS, TOOLS, free_port, run_tool, small_config
+
+TRAIN = os.path.join(TOOLS, "train.py")
+TEST = os.path.join(TOOLS, "test.py")
+
+
+class _RunsCommand:
+    """Unpickling this runs a shell command (what a malicious checkpoint would do)."""
+
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """The demo model's freshly initialised state_dict, as test.py would load it."""
+    cfg = Config.fromfile(DEMO_CS)
+    model = MODELS.build(cfg.model)
+    return model.state_dict()
+
+
+def _failed(proc, *needles):
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output[-3000:]
+    for needle in needles:
+        assert needle in output, f"{needle!r} not in:\n{output[-3000:]}"
+    assert "Traceback" not in output, output[-3000:]  # one clear message, no stack trace
+    return output
+
+
+def test_checkpoint_that_runs_code_is_refused_unless_unsafe_load(tmp_path, data_root, weights):
+    marker = tmp_path / "payload_ran"
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": weights, "meta": {"note": _RunsCommand(f"touch {marker}")}}, path)
+    config = small_config(tmp_path, DEMO_CS, data_root)
+
+    proc = run_tool(TEST, config, str(path), "--work-dir", str(tmp_path / "safe"), check=False)
+    _failed(proc, "refusing to load", str(path), "posix.system", "--unsafe-load")
+    assert not marker.exists()
+    assert not (tmp_path / "safe" / "test_metrics.json").exists()
+
+    # The flag exists for trusted legacy files: the payload is real, and now runs.
+    log = run_tool(TEST, config, str(path), "--work-dir", str(tmp_path / "unsafe"), "--unsafe-load")
+    assert marker.exists()
+    assert "unsafe load" in log
+    assert (tmp_path / "unsafe" / "test_metrics.json").exists()
+
+
+def test_truncated_checkpoint_fails_clearly(tmp_path, data_root, weights):
+    path = tmp_path / "cut.pth"
+    torch.save({"state_dict": weights}, path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    config = small_config(tmp_path, DEMO_CS, data_root)
+    proc = run_tool(TEST, config, str(path), "--work-dir", str(tmp_path / "t"), check=False)
+    _failed(proc, "cannot read checkpoint", str(path), "truncated")
+    assert not (tmp_path / "t" / "test_metrics.json").exists()
+
+
+def test_checkpoint_for_other_num_classes_names_keys_and_shapes(tmp_path, data_root, weights):
+    path = tmp_path / "ok.pth"
+    torch.save({"state_dict": weights}, path)
+    config = small_config(tmp_path, DEMO_CS, data_root)
+    proc = run_tool(TEST, config, str(path), "--work-dir", str(tmp_path / "t"), "--cfg-options",
+                    "model.decode_head.num_classes=7", check=False)
+    out = _failed(proc, "does not fit", "decode_head.conv_seg.weight", "num_classes")
+    assert re.search(r"checkpoint \(19, \d+, 1, 1\), model \(7, \d+, 1, 1\)", out)
+
+
+def test_missing_dataset_directory_fails_before_building_anything(tmp_path, data_root, weights):
+    path = tmp_path / "ok.pth"
+    torch.save({"state_dict": weights}, path)
+    config = small_config(tmp_path, DEMO_CS, data_root)
+    missing = tmp_path / "nowhere"
+    proc = run_tool(TEST, config, str(path), "--cfg-options", f"test_dataloader.dataset.data_root={missing}",
+                    check=False)
+    _failed(proc, "dataset path not found", str(missing), "data_root")
+
+
+def test_corrupt_label_and_bad_values_name_the_file(tmp_path, data_root, weights):
+    root = tmp_path / "data"
+    shutil.copytree(data_root / "cityscapes", root / "cityscapes")
+    labels = sorted(glob.glob(str(root / "cityscapes" / "gtFine" / "val" / "*" / "*_labelTrainIds.png")))
+    path = tmp_path / "ok.pth"
+    torch.save({"state_dict": weights}, path)
+    config = small_config(tmp_path, DEMO_CS, tmp_path / "data")
+
+    with open(labels[0], "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\nnot really a png")
+    proc = run_tool(TEST, config, str(path), "--work-dir", str(tmp_path / "t"), check=False)
+    _failed(proc, "cannot read label map", labels[0])
+    assert not (tmp_path / "t" / "test_metrics.json").exists()
+
+    import cv2
+    import numpy as np
+
+    cv2.imwrite(labels[0], np.full((64, 64), 40, np.uint8))
+    proc = run_tool(TEST, config, str(path), "--work-dir", str(tmp_path / "t"), check=False)
+    _failed(proc, labels[0], "values [40]", "outside 0..18")
+
+
+def _final_miou(log):
+    return re.findall(r"Iter\(val\).*mIoU: ([\d.]+)", log)[-1]
+
+
+def test_killed_training_resumes_to_the_same_weights_and_metrics(tmp_path, data_root):
+    config = small_config(tmp_path, DEMO_CS, data_root, iters=4)
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    ref_log = run_tool(TRAIN, config, "--work-dir", str(ref))
+
+    proc = run_tool(TRAIN, config, "--work-dir", str(run), env={"KILL_AT_ITER": "3"}, check=False)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert (run / "iter_2.pth").exists() and not (run / "iter_4.pth").exists()
+    (run / ".iter_4.pth.partial").write_bytes(b"half a checkpoint")  # as if killed mid-save
+
+    log = run_tool(TRAIN, config, "--work-dir", str(run), "--resume")
+    assert "iter_2.pth" in log
+    expected = load_checkpoint_file(ref / "iter_4.pth")
+    resumed = load_checkpoint_file(run / "iter_4.pth")
+    for key, value in expected["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][key]), key  # bitwise
+    for a, b in zip(expected["optimizer"]["state"].values(), resumed["optimizer"]["state"].values()):
+        assert torch.equal(a["momentum_buffer"], b["momentum_buffer"])
+    assert _final_miou(log) == _final_miou(ref_log)
+
+
+@pytest.mark.parametrize("failure", ["dies", "hangs"])
+def test_distributed_run_ends_when_a_rank_fails_and_resume_recovers(tmp_path, data_root, failure):
+    timeout_s = 20
+    config = small_config(tmp_path, DEMO_CS, data_root, iters=4,
+                          extra=f"env_cfg = dict(dist_cfg=dict(backend='gloo', timeout={timeout_s}))")
+    work = tmp_path / "work"
+    env = {"KILL_AT_ITER": "3", "KILL_RANK": "1", "PORT": str(free_port())}
+    if failure == "hangs":
+        env["KILL_MODE"] = "hang"
+    start = time.monotonic()
+    proc = run_tool(os.path.join(TOOLS, "dist_train.sh"), config, "2", "--work-dir", str(work),
+                    env=env, check=False, timeout=300)
+    elapsed = time.monotonic() - start
+    assert proc.returncode != 0, (proc.stdout + proc.stderr)[-3000:]
+    assert elapsed < 150, f"the surviving rank took {elapsed:.0f} s to give up"
+    assert (work / "iter_2.pth").exists() and not (work / "iter_4.pth").exists()
+
+    run_tool(os.path.join(TOOLS, "dist_train.sh"), config, "2", "--work-dir", str(work), "--resume",
+             env={"PORT": str(free_port())})
+    records = [json.load(open(p)) for p in sorted(glob.glob(str(work / "rank*.json")))]
+    assert [r["iters"] for r in records] == [4, 4]
