@@ -12,6 +12,11 @@ order):
 * the image-pool branch is constant over the map, so its share of the 3x3
   bottleneck is a per-pixel sum of at most nine projected vectors instead of
   a convolution over a broadcast map.
+
+When the forward is captured as a graph (ONNX export, ``torch.jit.trace``,
+``torch.export``) the plain formula in ``reference.py`` runs instead: the
+choices above are made in Python from the map size at run time, so a
+captured graph would hard-wire them for the example input's size.
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ from torch import Tensor, nn
 from .conv import atrous_convs
 from .gemm import kernel_offsets, taps_conv_hwc
 from .geometry import effective_kernel, valid_tap_fraction
+from .reference import aspp_features_reference, is_capturing
 from .weights import prepared_weight
 
 # Below this 2-D valid-tap fraction a dilated conv is faster channels-last with
@@ -142,6 +148,11 @@ def aspp_features(
 ) -> Tensor:
     """ASPP output before the classifier: ``bottleneck(cat(pool, branches))``.
 
+    Under graph capture (``reference.is_capturing``: ONNX export, tracing,
+    ``torch.export``) this runs ``aspp_features_reference``, mmseg's formula
+    with the same parameters, because the fast path picks kernels from the map
+    size in Python and an exported graph must hold for every input size.
+
     Args:
         x: Feature map (N, C_in, H, W).
         pool_layer: 1x1 ConvModule applied to the globally pooled features.
@@ -149,6 +160,8 @@ def aspp_features(
         rates: Atrous rates, aligned with ``branches``.
         bottleneck: 3x3 ConvModule fusing the concatenated branches.
     """
+    if is_capturing():
+        return aspp_features_reference(x, pool_layer, branches, bottleneck)
     batch, _, height, width = x.shape
     gemm = batch * height * width <= GEMM_MAX_PIXELS and not torch.is_grad_enabled()
     plans = plan_branches(height, width, rates, gemm)

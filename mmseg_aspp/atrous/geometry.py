@@ -34,3 +34,40 @@ def effective_kernel(height: int, width: int, rate: int) -> tuple[slice, slice, 
 def tap_span(length: int, offset: int) -> tuple[int, int]:
     """Output positions ``[start, end)`` whose read at ``position + offset`` is in the map."""
     return max(0, -offset), min(length, length - offset)
+
+
+def axis_tap_counts(length: int, rate: int) -> tuple[int, int, int]:
+    """How many positions on an axis have 1, 2 and 3 of a 3-tap atrous filter's reads inside.
+
+    Args:
+        length: Size of the axis (feature-map height or width).
+        rate: Dilation of the filter along that axis.
+    """
+    if length < 1 or rate < 1:
+        raise ValueError(f"length and rate must be positive; got length={length}, rate={rate}")
+    one_side = max(length - rate, 0)  # positions whose left (likewise right) tap lands
+    both = max(length - 2 * rate, 0)
+    two = 2 * (one_side - both)
+    return length - two - both, two, both
+
+
+def valid_weight_counts(height: int, width: int, rate: int) -> dict[int, float]:
+    """Share of output positions at which exactly k of a 3x3 atrous filter's 9 weights
+    read the feature map rather than zero padding (DeepLabV3, Fig. 4).
+
+    Rows and columns are independent, so k is a product of per-axis counts.
+
+    Args:
+        height: Feature-map height.
+        width: Feature-map width.
+        rate: Atrous rate (dilation) of the filter.
+
+    Returns:
+        ``{k: fraction}`` for every possible k (1, 2, 3, 4, 6, 9); fractions sum to 1.
+    """
+    rows, cols = axis_tap_counts(height, rate), axis_tap_counts(width, rate)
+    counts = dict.fromkeys((1, 2, 3, 4, 6, 9), 0.0)
+    for r_taps, r_positions in zip((1, 2, 3), rows):
+        for c_taps, c_positions in zip((1, 2, 3), cols):
+            counts[r_taps * c_taps] += r_positions * c_positions / (height * width)
+    return counts

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from ..atrous import aspp_features
 from ..atrous.geometry import effective_kernel
+from ..atrous.reference import is_capturing
 from ..errors import MmsegAsppError
 from ..registry import MODELS
 
@@ -144,6 +145,8 @@ class ASPPHead(BaseDecodeHead):
             )
         if self.training:
             self._check_batch_norm_inputs(x)
+        if is_capturing():  # sizes are symbolic in an exported graph
+            return
         size = (x.shape[2], x.shape[3])
         if size not in self._seen_sizes:  # once per map size: no per-call cost
             self._seen_sizes.add(size)
