@@ -124,3 +124,113 @@ def test_history_buffer_statistics_load_in_a_fresh_process(runner_checkpoint):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().endswith("4")
+
+
+class _RunsCommand:
+    """Unpickling this runs a shell command (what a malicious checkpoint would do)."""
+
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+@pytest.fixture
+def safe_loading():
+    """mmengine's loaders routed through ours for one test, then restored."""
+    from mmengine.runner import checkpoint as mmengine_checkpoint
+
+    schemes = dict(mmengine_checkpoint.CheckpointLoader._schemes)
+    http = mmengine_checkpoint.load_from_http
+    mmseg_aspp.install_safe_loading()
+    yield mmengine_checkpoint
+    mmengine_checkpoint.CheckpointLoader._schemes = schemes
+    mmengine_checkpoint.load_from_http = http
+
+
+def test_code_in_a_checkpoint_never_runs_through_mmengine(tmp_path, safe_loading, torch_load_calls):
+    marker = tmp_path / "payload_ran"
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": {}, "meta": _RunsCommand(f"touch {marker}")}, path)
+    with pytest.raises(mmseg_aspp.checkpoint.UnsafeCheckpointError, match=r"evil.pth.*posix.system"):
+        safe_loading._load_checkpoint(str(path), map_location="cpu")
+    assert torch_load_calls == [True]  # no weights_only=False retry, as onedl-mmengine would do
+    assert not marker.exists()
+
+    with pytest.warns(UserWarning, match="unsafe load"):
+        mmseg_aspp.load_checkpoint_file(path, unsafe=True)
+    assert marker.exists()  # the payload is real: only the allowlist kept it from running
+
+
+def test_url_checkpoints_are_cached_then_loaded_safely(tmp_path, safe_loading, runner_checkpoint):
+    # open-mmlab:// and torchvision:// resolve to a URL and call load_from_http directly.
+    path, state = runner_checkpoint
+    cache = tmp_path / "cache"
+    ckpt = safe_loading.load_from_http(f"file://{path}", model_dir=str(cache))
+    assert (cache / os.path.basename(path)).is_file()
+    assert all(torch.equal(ckpt["state_dict"][k], v) for k, v in state.items())
+
+    evil = tmp_path / "evil.pth"
+    torch.save({"meta": _RunsCommand(f"touch {tmp_path / 'ran'}")}, evil)
+    with pytest.raises(mmseg_aspp.checkpoint.UnsafeCheckpointError):
+        safe_loading.load_from_http(f"file://{evil}", model_dir=str(cache))
+    assert not (tmp_path / "ran").exists()
+
+
+@pytest.mark.parametrize("damage", ["empty", "garbage", "truncated"])
+def test_damaged_checkpoints_raise_one_clear_error(tmp_path, runner_checkpoint, damage):
+    source, _ = runner_checkpoint
+    path = tmp_path / "damaged.pth"
+    data = open(source, "rb").read()
+    path.write_bytes({"empty": b"", "garbage": os.urandom(4096), "truncated": data[: len(data) // 3]}[damage])
+    with pytest.raises(mmseg_aspp.checkpoint.DamagedCheckpointError, match=r"damaged.pth .* truncated, corrupt"):
+        mmseg_aspp.load_checkpoint_file(path)
+
+
+def test_state_dict_mismatch_names_keys_and_shapes():
+    model = _HeadOnly()
+    state = dict(model.state_dict())
+    state["head.conv_seg.weight"] = torch.zeros(7, 8, 1, 1)
+    del state["head.bottleneck.conv.weight"]
+    with pytest.raises(mmseg_aspp.checkpoint.CheckpointMismatchError) as err:
+        mmseg_aspp.checkpoint.check_state_dict_matches(model, state, "x.pth")
+    message = str(err.value)
+    assert "head.conv_seg.weight: checkpoint (7, 8, 1, 1), model (3, 8, 1, 1)" in message
+    assert "num_classes" in message and "missing from the checkpoint: head.bottleneck.conv.weight" in message
+    state = {f"module.{k}": v for k, v in model.state_dict().items()}  # a DDP-saved file
+    mmseg_aspp.checkpoint.check_state_dict_matches(model, state, "x.pth")
+
+
+def test_a_crash_while_saving_never_leaves_a_complete_looking_checkpoint(tmp_path, monkeypatch):
+    from mmengine.fileio.backends import LocalBackend
+
+    from mmseg_aspp.runner import ReliableRunner, latest_checkpoint
+
+    real_put = LocalBackend.put
+
+    def put_then_crash(self, obj, filepath):
+        if "iter_4" in str(filepath):  # the second save dies half-way through the write
+            with open(filepath, "wb") as f:
+                f.write(obj[: len(obj) // 2])
+            raise KeyboardInterrupt
+        return real_put(self, obj, filepath)
+
+    monkeypatch.setattr(LocalBackend, "put", put_then_crash)
+    runner = ReliableRunner(
+        model=_HeadOnly(),
+        work_dir=str(tmp_path),
+        train_dataloader=dict(dataset=_Pairs(), sampler=dict(type="DefaultSampler", shuffle=False),
+                              batch_size=2, collate_fn=dict(type="default_collate")),
+        optim_wrapper=dict(optimizer=dict(type="SGD", lr=0.01)),
+        train_cfg=dict(by_epoch=False, max_iters=4),
+        default_hooks=dict(checkpoint=dict(type="CheckpointHook", interval=2, by_epoch=False)),
+        default_scope="mmseg",
+        experiment_name=f"crash_{os.getpid()}",
+    )
+    with pytest.raises(KeyboardInterrupt):
+        runner.train()
+    assert {".iter_4.pth.partial", "iter_2.pth"} <= set(os.listdir(tmp_path))
+    assert not (tmp_path / "iter_4.pth").exists()
+    assert latest_checkpoint(str(tmp_path)) == str(tmp_path / "iter_2.pth")
+    mmseg_aspp.load_checkpoint_file(tmp_path / "iter_2.pth")  # complete

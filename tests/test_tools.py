@@ -68,6 +68,11 @@ def test_train_and_test_voc_layout(tmp_path, data_root):
     run_tool(os.path.join(TOOLS, "test.py"), config, os.path.join(work_dir, "iter_2.pth"),
              "--work-dir", str(tmp_path / "test"))
     assert "mIoU" in json.load(open(tmp_path / "test" / "test_metrics.json"))
+    # The same weights evaluated at another output stride (the paper's OS16 -> OS8 switch, reversed).
+    log = run_tool(os.path.join(TOOLS, "test.py"), config, os.path.join(work_dir, "iter_2.pth"),
+                   "--work-dir", str(tmp_path / "os16"), "--output-stride", "16")
+    assert "output stride 8 -> 16: backbone strides (1, 2, 2, 1), dilations (1, 1, 1, 2)" in log
+    assert "mIoU" in json.load(open(tmp_path / "os16" / "test_metrics.json"))
 
 
 def test_upstream_twin_trains_through_the_same_tools(tmp_path, data_root):
