@@ -108,7 +108,7 @@ def build_segmentor(config: str, checkpoint: str, cfg_options: dict | None) -> t
     """
     from mmseg.registry import MODELS
 
-    from mmseg_aspp.checkpoint import UnsafeCheckpointError, load_checkpoint_file
+    from mmseg_aspp.checkpoint import CheckpointError, check_state_dict_matches, load_checkpoint_file
     from mmseg_aspp.runtime import replace_sync_bn
 
     cfg = Config.fromfile(config)  # imports mmseg_aspp through custom_imports
@@ -120,37 +120,12 @@ def build_segmentor(config: str, checkpoint: str, cfg_options: dict | None) -> t
     model = MODELS.build(cfg.model)
     try:
         state = load_checkpoint_file(checkpoint)
-    except UnsafeCheckpointError as err:
-        sys.exit(str(err))
-    state = state.get("state_dict", state)
-    problem = state_dict_mismatch(model.state_dict(), state)
-    if problem:
-        sys.exit(f"checkpoint {checkpoint} does not fit the model of {config}: {problem}. "
-                 f"Use the config the checkpoint was trained with (and the same --cfg-options).")
-    model.load_state_dict(state, strict=True)
+        state = state.get("state_dict", state)
+        check_state_dict_matches(model, state, checkpoint)
+    except CheckpointError as err:
+        sys.exit(f"error: {err}\nUse the config the checkpoint was trained with (and the same --cfg-options).")
+    model.load_state_dict(state, strict=False)  # extra keys (e.g. an auxiliary head) are not exported
     return model.eval(), cfg
-
-
-def state_dict_mismatch(expected: dict, given: dict) -> str | None:
-    """A short description of missing, unexpected and mis-shaped keys, or None.
-
-    Args:
-        expected: The model's own ``state_dict()``.
-        given: The checkpoint's state dict.
-    """
-
-    def some(keys: list[str]) -> str:
-        return ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
-
-    missing = [k for k in expected if k not in given]
-    unexpected = [k for k in given if k not in expected]
-    shapes = [f"{k} {tuple(given[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-              if k in given and tuple(given[k].shape) != tuple(v.shape)]
-    parts = [f"{len(keys)} {what} ({some(keys)})" for keys, what in (
-        (missing, "missing keys"), (unexpected, "unexpected keys"),
-        (shapes, "shape mismatches, checkpoint vs model"),
-    ) if keys]
-    return "; ".join(parts) or None
 
 
 def default_shape(cfg: Config) -> tuple[int, int]:

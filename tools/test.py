@@ -92,5 +92,6 @@ def main(argv=None) -> None:
                 json.dump({k: float(v) for k, v in metrics.items()}, f, indent=1)
             print(f"metrics written to {path}")
 
+
 if __name__ == "__main__":
     main()

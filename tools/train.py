@@ -67,5 +67,6 @@ def main(argv=None) -> None:
             runner.register_hook(CheckpointGuardHook(cfg.load_from))
         runner.train()
 
+
 if __name__ == "__main__":
     main()
