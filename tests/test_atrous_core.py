@@ -33,10 +33,16 @@ def test_tap_span():
     assert tap_span(4, 6)[0] >= tap_span(4, 6)[1]  # empty
 
 
-@pytest.mark.parametrize("shape, rate, kernel", [((2, 3, 9, 11), 4, (3, 3)), ((1, 2, 5, 13), 6, (1, 3))])
-def test_atrous_convs_gradcheck(shape, rate, kernel):
+# The last case: outer taps reach a single row/column, input in channels-last layout.
+@pytest.mark.parametrize("shape, rate, kernel, layout", [
+    ((2, 3, 9, 11), 4, (3, 3), torch.contiguous_format),
+    ((1, 2, 5, 13), 6, (1, 3), torch.contiguous_format),
+    ((2, 3, 7, 5), 4, (3, 3), torch.channels_last),
+])
+def test_atrous_convs_gradcheck(shape, rate, kernel, layout):
     gen = torch.Generator().manual_seed(1)
-    x = torch.randn(*shape, generator=gen, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(*shape, generator=gen, dtype=torch.float64).contiguous(memory_format=layout)
+    x.requires_grad_()
     weights = [torch.randn(4, shape[1], *kernel, generator=gen, dtype=torch.float64, requires_grad=True)
                for _ in range(2)]
     padding = tuple(rate if k == 3 else 0 for k in kernel)

@@ -120,7 +120,9 @@ def _branch_convs(x: Tensor, branches: Sequence[nn.Module], plans: Sequence[Bran
     def kernel(i: int) -> Tensor:
         plan = plans[i]
         index = (slice(None), slice(None), plan.rows, plan.cols)
-        return prepared_weight(branches[i].conv.weight, index, layouts[plan.mode], x.dtype)
+        # With autograd, atrous_convs casts the kernel itself, so only a view is kept for backward.
+        dtype = None if plan.mode == SKIP and torch.is_grad_enabled() else x.dtype
+        return prepared_weight(branches[i].conv.weight, index, layouts[plan.mode], dtype)
 
     outs: list[Tensor | None] = [None] * len(plans)
     x_hwc = x.permute(0, 2, 3, 1).contiguous() if any(p.mode == GEMM for p in plans) else None

@@ -8,10 +8,10 @@ pieces that do:
   the output gradient with the flipped, transposed kernel (stride 1, same
   padding), which again runs channels-last and skips the same taps;
 * weight gradient: one GEMM per tap over exactly the output region where that
-  tap reads the map.
+  tap reads the map, taken straight from the NCHW input (see ``_weight_grad``).
 
-The input is saved once in its caller's layout and the channels-last copy is
-rebuilt in backward, so training holds no extra copy of the feature map.
+Only the input (in its caller's layout) and views of the kernels are saved for
+backward; the channels-last copies of both exist only inside one call.
 """
 from __future__ import annotations
 
@@ -26,25 +26,48 @@ from .geometry import tap_span
 _CL = torch.channels_last
 
 
-def _weight_grad(x_cl: Tensor, grad_cl: Tensor, weight: Tensor, padding, rate: int) -> Tensor:
-    out_ch, in_ch, k_h, k_w = weight.shape
-    height, width = x_cl.shape[-2:]
-    x_hwc = x_cl.permute(0, 2, 3, 1)
-    grad_hwc = grad_cl.permute(0, 2, 3, 1)
-    taps = []
-    for i in range(k_h):
-        dy = i * rate - padding[0]
-        y0, y1 = tap_span(height, dy)
-        for j in range(k_w):
-            dx = j * rate - padding[1]
-            x0, x1 = tap_span(width, dx)
-            if y1 <= y0 or x1 <= x0:
-                taps.append(weight.new_zeros(out_ch, in_ch))
+def _weight_grad(x: Tensor, grad: Tensor, kernel_size: tuple[int, int], padding, rate: int) -> Tensor:
+    """Gradient of a dilated conv's kernel, one GEMM per tap that reads the map.
+
+    Args:
+        x: Input (N, C, H, W), NCHW-contiguous.
+        grad: Output gradient (N, O, H, W), NCHW-contiguous, in ``x``'s dtype.
+
+    Each tap's product runs over flat pixel indices: with ``(dy, dx)`` its read
+    offset, output pixel ``p`` reads ``p + dy * W + dx``, so the rows where the
+    tap lands form one contiguous range of ``x`` and no region is copied. Reads
+    of pixels whose column lies off the map wrap into the neighbouring row;
+    their gradient is zeroed (``masked``), so they add nothing.
+    """
+    batch, in_ch, height, width = x.shape
+    out_ch = grad.shape[1]
+    pixels = height * width
+    x_flat = x.view(batch, in_ch, pixels)
+    grad_w = x.new_zeros(out_ch, in_ch, *kernel_size)
+    for j in range(kernel_size[1]):
+        dx = j * rate - padding[1]
+        x0, x1 = tap_span(width, dx)
+        if x1 <= x0:
+            continue
+        masked = grad
+        if (x0, x1) != (0, width):
+            masked = grad.clone()
+            masked[..., :x0] = 0
+            masked[..., x1:] = 0
+        grad_flat = masked.view(batch, out_ch, pixels)
+        for i in range(kernel_size[0]):
+            dy = i * rate - padding[0]
+            y0, y1 = tap_span(height, dy)
+            if y1 <= y0:
                 continue
-            grad_region = grad_hwc[:, y0:y1, x0:x1].reshape(-1, out_ch)
-            x_region = x_hwc[:, y0 + dy : y1 + dy, x0 + dx : x1 + dx].reshape(-1, in_ch)
-            taps.append(grad_region.t() @ x_region)
-    return torch.stack(taps, dim=-1).view(out_ch, in_ch, k_h, k_w)
+            shift = dy * width + dx
+            # Trimming at the ends of the map drops only masked (wrapped) pixels.
+            p0, p1 = max(y0 * width, -shift), min(y1 * width, pixels - shift)
+            tap = grad_flat[0, :, p0:p1] @ x_flat[0, :, p0 + shift : p1 + shift].t()
+            for n in range(1, batch):
+                tap.addmm_(grad_flat[n, :, p0:p1], x_flat[n, :, p0 + shift : p1 + shift].t())
+            grad_w[:, :, i, j] = tap
+    return grad_w
 
 
 class _AtrousConvs(torch.autograd.Function):
@@ -56,29 +79,30 @@ class _AtrousConvs(torch.autograd.Function):
         ctx.geometry = geometry
         ctx.save_for_backward(x, *weights)
         return tuple(
-            F.conv2d(x_cl, w, None, 1, padding, rate) for w, (padding, rate) in zip(weights, geometry)
+            F.conv2d(x_cl, w.to(x.dtype).contiguous(memory_format=_CL), None, 1, padding, rate)
+            for w, (padding, rate) in zip(weights, geometry)
         )
 
     @staticmethod
     def backward(ctx, *grads: Tensor):
         x, *weights = ctx.saved_tensors
-        x_cl = x.contiguous(memory_format=_CL)
+        x = x.contiguous()
         grad_x = None
         grad_weights = []
         for grad, weight, (padding, rate) in zip(grads, weights, ctx.geometry):
-            if grad is None:
+            if grad is None or not ctx.needs_input_grad[2 + len(grad_weights)]:
                 grad_weights.append(None)
-                continue
-            grad_cl = grad.contiguous(memory_format=_CL)
-            weight = weight.to(grad.dtype)  # under autocast the forward ran in grad's dtype
-            if ctx.needs_input_grad[0]:
-                flipped = weight.transpose(0, 1).flip(2, 3)
-                part = F.conv2d(grad_cl, flipped, None, 1, padding, rate)
+            else:
+                grad_w = _weight_grad(x.to(grad.dtype), grad.contiguous(), weight.shape[2:], padding, rate)
+                grad_weights.append(grad_w.to(weight.dtype))
+            if grad is not None and ctx.needs_input_grad[0]:
+                # Under autocast the forward ran in grad's dtype.
+                flipped = weight.to(grad.dtype).transpose(0, 1).flip(2, 3)
+                part = F.conv2d(grad.contiguous(memory_format=_CL), flipped, None, 1, padding, rate)
                 grad_x = part if grad_x is None else grad_x.add_(part)
-            grad_weights.append(_weight_grad(x_cl.to(grad.dtype), grad_cl, weight, padding, rate))
         if grad_x is not None:
             grad_x = grad_x.to(x.dtype)
-        return (grad_x, None, *(g if g is None else g.to(w.dtype) for g, w in zip(grad_weights, weights)))
+        return (grad_x, None, *grad_weights)
 
 
 def atrous_convs(x: Tensor, weights: Sequence[Tensor], geometry: Sequence[tuple]) -> tuple[Tensor, ...]:
@@ -86,7 +110,9 @@ def atrous_convs(x: Tensor, weights: Sequence[Tensor], geometry: Sequence[tuple]
 
     Args:
         x: Input (N, C, H, W) in any memory layout.
-        weights: Kernels (O, C, kh, kw), already cropped to the taps that read the map.
+        weights: Kernels (O, C, kh, kw), already cropped to the taps that read the map,
+            in any layout and dtype (they are cast to ``x``'s for the convolution).
+            Pass views of the parameters: they are what is kept for backward.
         geometry: ``(padding, rate)`` per kernel.
 
     Returns:

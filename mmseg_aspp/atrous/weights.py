@@ -3,9 +3,10 @@
 Cropped kernels, channel slices of the bottleneck and channels-last copies
 are views of the module's parameters that a convolution would otherwise copy
 or reorder on every call (tens of MB for a 2048-channel head, which matters
-on small maps). When autograd is on, the layout is made afresh from the
-parameter so gradients flow to it; otherwise the prepared copy is kept until the parameter changes (in-place updates bump
-its version counter; replaced storage changes its data pointer).
+on small maps). When autograd is on, the plain view is returned so gradients
+flow to the parameter and nothing extra is held until backward; otherwise the
+prepared copy is kept until the parameter changes (in-place updates bump its
+version counter; replaced storage changes its data pointer).
 """
 from __future__ import annotations
 
@@ -27,6 +28,9 @@ def _layout(view: Tensor, layout: str) -> Tensor:
 def prepared_weight(weight: Tensor, index: tuple, layout: str, dtype: torch.dtype | None = None) -> Tensor:
     """``weight[index]`` laid out for convolution, cached while autograd is off.
 
+    With autograd on (and a trainable weight) the view is returned as it is, only
+    cast to ``dtype``, except for the "taps" layout.
+
     Args:
         weight: A parameter of the head.
         index: Tuple of slices selecting the part to use.
@@ -36,7 +40,11 @@ def prepared_weight(weight: Tensor, index: tuple, layout: str, dtype: torch.dtyp
     dtype = dtype or weight.dtype
     view = weight[index]
     if torch.is_grad_enabled() and weight.requires_grad:
-        return _layout(view.to(dtype), layout)
+        # Autograd keeps a convolution's weight until backward: a view of the parameter
+        # costs nothing there, a laid-out copy would be held. Convolutions reorder it
+        # themselves; only per-tap GEMMs need the "taps" matrices.
+        view = view.to(dtype)
+        return _layout(view, layout) if layout == "taps" else view
     stamp = (weight._version, weight.data_ptr(), weight.dtype, weight.device)
     key = (tuple((s.start, s.stop, s.step) for s in index), layout, dtype)  # slices hash from 3.12 on
     entries = _cache.setdefault(weight, {})
