@@ -163,7 +163,7 @@ class ASPPHead(BaseDecodeHead):
                 "ASPPHead: training with 1 image per batch, but the image-pooling branch's "
                 "BatchNorm normalises one pooled value per channel, which is undefined. Use at "
                 "least 2 images per GPU, SyncBN across GPUs, or pool_norm_cfg=None (or "
-                "dict(type='GN', num_groups=32)) in the decode head; the last changes that "
+                "dict(type='GN', num_groups=32)) in the decode head; either of those changes that "
                 "branch's parameters, so BN checkpoints no longer load into it strictly")
         if batch * height * width == 1 and isinstance(self.bottleneck.norm, nn.BatchNorm2d):
             raise BatchOfOneError(
