@@ -1,16 +1,11 @@
 """Valid-weight counting (DeepLabV3 Fig. 4) and tools/analyze_rates.py."""
-import importlib.util
-import os
 from collections import Counter
 
 import pytest
 
 from mmseg_aspp.atrous import valid_tap_fraction
 from mmseg_aspp.atrous.geometry import axis_tap_counts, valid_weight_counts
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOOL = os.path.join(ROOT, "tools", "analyze_rates.py")
-DEMO_CS = os.path.join(ROOT, "configs", "demo", "deeplabv3_r18-d8_1xb4-600it_synthetic-cityscapes-128x256.py")
+from tooling import DEMO_CS, load_tool
 
 
 def brute_force_counts(height, width, rate):
@@ -49,10 +44,7 @@ def test_figure_end_points():
 
 @pytest.fixture(scope="module")
 def tool():
-    spec = importlib.util.spec_from_file_location("analyze_rates", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("analyze_rates")
 
 
 def test_cli_table_flags_degenerate_branches(tool, capsys):

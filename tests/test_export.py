@@ -2,8 +2,6 @@
 import importlib.util
 import os
 import re
-import subprocess
-import sys
 
 import onnx
 import onnxruntime
@@ -15,19 +13,15 @@ from mmseg.registry import MODELS
 from helpers import randomize_, twin_heads
 from mmseg_aspp.atrous import aspp_features
 from mmseg_aspp.atrous.reference import aspp_features_reference
+from tooling import DEMO_CS, TOOLS, load_tool, run_tool
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOOL = os.path.join(ROOT, "tools", "export_onnx.py")
-DEMO_CS = os.path.join(ROOT, "configs", "demo", "deeplabv3_r18-d8_1xb4-600it_synthetic-cityscapes-128x256.py")
+TOOL = os.path.join(TOOLS, "export_onnx.py")
 SHAPE = (64, 96)  # demo feature map 8x12: rates 12 and 18 reach past it
 
 
 @pytest.fixture(scope="module")
 def tool():
-    spec = importlib.util.spec_from_file_location("export_onnx", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("export_onnx")
 
 
 @pytest.fixture(scope="module")
@@ -110,13 +104,7 @@ def _input_dims(path):
 def test_dynamic_export_cli_matches_pytorch_at_two_sizes(tmp_path, segmentor_and_checkpoint):
     model, checkpoint = segmentor_and_checkpoint
     out = str(tmp_path / "dynamic.onnx")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run(
-        [sys.executable, TOOL, DEMO_CS, checkpoint, "--out", out, "--shape", *map(str, SHAPE),
-         "--dynamic", "--verify"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-4000:]
+    log = run_tool(TOOL, DEMO_CS, checkpoint, "--out", out, "--shape", *map(str, SHAPE), "--dynamic", "--verify")
     assert f"wrote {out}" in log and "verify: ok" in log
     reported = [float(v) for v in re.findall(r"max \|onnxruntime - pytorch\| = (\S+)", log)]
     assert len(reported) == 2 and max(reported) < 1e-4

@@ -1,4 +1,5 @@
-"""Running the shipped tools in subprocesses on small synthetic data."""
+"""Running the shipped tools (as subprocesses or imported modules) on small synthetic data."""
+import importlib.util
 import os
 import socket
 import subprocess
@@ -74,3 +75,11 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def load_tool(name):
+    """Import ``tools/<name>.py`` as a module, to call its functions in-process."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(TOOLS, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
