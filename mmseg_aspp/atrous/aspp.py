@@ -1,17 +1,21 @@
 """ASPP forward that computes only what contributes to the output.
 
-Every step is exact (same parameters, same function up to float summation
-order):
+Every step is exact (same parameters, same function up to float rounding):
 
 * atrous branches drop kernel rows/columns that only read zero padding
   (a branch whose rate reaches the map size becomes 1x3, 3x1 or 1x1);
 * partially valid branches run channels-last, where the convolution skips
-  taps that fall outside the map, in forward and backward (``conv.py``); on
-  small maps, where direct convolution is slow, they and the bottleneck run as
-  one GEMM per tap over the pixels that tap reaches (``gemm.py``);
+  taps that fall outside the map, in forward and backward (``conv.py``); in
+  inference on small maps, where direct convolution is slow, they run as one
+  GEMM per tap over the pixels that tap reaches (``gemm.py``);
 * the image-pool branch is constant over the map, so its share of the 3x3
   bottleneck is a per-pixel sum of at most nine projected vectors instead of
-  a convolution over a broadcast map.
+  a convolution over a broadcast map;
+* in inference the rest of the bottleneck runs as Winograd F(2x2, 3x3)
+  (``winograd.py``): 2.25x fewer multiplications, read straight from the
+  branch outputs without concatenating them; the branches share one
+  channels-last copy of the input, made in the same pass as the cast to the
+  compute dtype.
 
 When the forward is captured as a graph (ONNX export, ``torch.jit.trace``,
 ``torch.export``) the plain formula in ``reference.py`` runs instead: the
@@ -32,10 +36,13 @@ from .gemm import kernel_offsets, taps_conv_hwc
 from .geometry import effective_kernel, valid_tap_fraction
 from .reference import aspp_features_reference, is_capturing
 from .weights import prepared_weight
+from .winograd import winograd_conv3x3
 
 # Below this 2-D valid-tap fraction a dilated conv is faster channels-last with
-# tap skipping; above it the plain dense convolution wins.
-SKIP_TAPS_BELOW = 0.9
+# tap skipping; above it the plain dense (NCHW) convolution wins or ties.
+# Measured: at 128x256 rate 12 (0.91) channels-last takes 0.70x (bf16) and
+# 0.77x (fp32) of NCHW's time; at 64x128 rate 6 (0.91) 1.1x and 1.0x.
+SKIP_TAPS_BELOW = 0.92
 # Up to this many output pixels (batch x H x W) per-tap GEMMs beat direct
 # convolution in inference; with autograd their region-wise backward does not.
 GEMM_MAX_PIXELS = 512
@@ -114,6 +121,19 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
     return x.dtype
 
 
+def _branch_input(x: Tensor) -> Tensor:
+    """``x`` in the compute dtype, laid out for the branch convolutions.
+
+    In inference it is converted to channels-last in the same pass: the 1x1,
+    tap-skipping and per-tap GEMM branches all read that layout. With autograd
+    the caller's layout is kept, because the input is saved for backward.
+    """
+    dtype = _compute_dtype(x)
+    if torch.is_grad_enabled():
+        return x.to(dtype)
+    return x.to(dtype, memory_format=torch.channels_last)
+
+
 def _branch_convs(x: Tensor, branches: Sequence[nn.Module], plans: Sequence[BranchPlan]) -> list[Tensor]:
     layouts = {DENSE: "contiguous", SKIP: "channels_last", GEMM: "taps"}
 
@@ -125,13 +145,15 @@ def _branch_convs(x: Tensor, branches: Sequence[nn.Module], plans: Sequence[Bran
         return prepared_weight(branches[i].conv.weight, index, layouts[plan.mode], dtype)
 
     outs: list[Tensor | None] = [None] * len(plans)
-    x_hwc = x.permute(0, 2, 3, 1).contiguous() if any(p.mode == GEMM for p in plans) else None
     for i, plan in enumerate(plans):
         if plan.mode == DENSE:
-            outs[i] = F.conv2d(x, kernel(i), None, 1, plan.padding, plan.rate)
+            weight = kernel(i)
+            # Full 3x3 kernels at nearly every tap run faster on NCHW (see SKIP_TAPS_BELOW).
+            dense_input = x.contiguous() if weight.shape[-2:] == (3, 3) else x
+            outs[i] = F.conv2d(dense_input, weight, None, 1, plan.padding, plan.rate)
         elif plan.mode == GEMM:
             offsets = kernel_offsets(plan.rows, plan.cols, plan.rate)
-            outs[i] = taps_conv_hwc(x_hwc, kernel(i), offsets).permute(0, 3, 1, 2)
+            outs[i] = taps_conv_hwc(x.permute(0, 2, 3, 1).contiguous(), kernel(i), offsets).permute(0, 3, 1, 2)
     skipping = [i for i, p in enumerate(plans) if p.mode == SKIP]
     if skipping:
         weights = [kernel(i) for i in skipping]
@@ -168,19 +190,18 @@ def aspp_features(
     gemm = batch * height * width <= GEMM_MAX_PIXELS and not torch.is_grad_enabled()
     plans = plan_branches(height, width, rates, gemm)
     pooled = pool_layer(F.adaptive_avg_pool2d(x, 1)).flatten(1)
-    # Under autocast, cast the big input once rather than once per branch.
-    convs = _branch_convs(x.to(_compute_dtype(x)), branches, plans)
-    fused = torch.cat([_norm_act(m, out) for m, out in zip(branches, convs)], dim=1)
+    convs = _branch_convs(_branch_input(x), branches, plans)
+    normed = [_norm_act(m, out) for m, out in zip(branches, convs)]
 
     weight = bottleneck.conv.weight
     n_pool = pooled.shape[1]
     branch_part = (slice(None), slice(n_pool, None))
-    if gemm:
-        taps = prepared_weight(weight, branch_part, "taps", fused.dtype)
-        offsets = kernel_offsets(slice(0, 3), slice(0, 3), 1)
-        out = taps_conv_hwc(fused.permute(0, 2, 3, 1).contiguous(), taps, offsets).permute(0, 3, 1, 2)
+    dtype = normed[0].dtype
+    if not torch.is_grad_enabled():
+        out = winograd_conv3x3(normed, prepared_weight(weight, branch_part, "winograd", dtype))
     else:
-        dense = prepared_weight(weight, branch_part, "contiguous", fused.dtype)
-        out = F.conv2d(fused.contiguous(), dense, None, 1, 1)
+        # Autograd keeps the convolution's input: the concatenation, in the layout it needs.
+        fused = torch.cat(normed, dim=1).contiguous()
+        out = F.conv2d(fused, prepared_weight(weight, branch_part, "contiguous", dtype), None, 1, 1)
     out = out + _pool_bottleneck_term(weight[:, :n_pool], pooled, height, width)
     return _norm_act(bottleneck, out)

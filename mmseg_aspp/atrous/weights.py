@@ -14,10 +14,16 @@ import torch
 from torch import Tensor
 from torch.utils.weak import WeakIdKeyDictionary
 
+from .winograd import winograd_kernel
+
+from .winograd import winograd_kernel
+
 _cache: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
 
 def _layout(view: Tensor, layout: str) -> Tensor:
+    if layout == "winograd":  # (O, C, 3, 3) -> (16, O, C), transformed in float32
+        return winograd_kernel(view)
     if layout == "taps":  # (O, C, kh, kw) -> (kh * kw, C, O) for per-tap GEMMs
         out_ch, in_ch = view.shape[:2]
         return view.permute(2, 3, 1, 0).reshape(-1, in_ch, out_ch).contiguous()
@@ -34,7 +40,8 @@ def prepared_weight(weight: Tensor, index: tuple, layout: str, dtype: torch.dtyp
     Args:
         weight: A parameter of the head.
         index: Tuple of slices selecting the part to use.
-        layout: ``"contiguous"``, ``"channels_last"`` or ``"taps"`` (per-tap matrices).
+        layout: ``"contiguous"``, ``"channels_last"``, ``"taps"`` (per-tap matrices)
+            or ``"winograd"`` (the F(2x2, 3x3) kernel transform; inference only).
         dtype: Compute dtype (under autocast); defaults to the weight's own.
     """
     dtype = dtype or weight.dtype
@@ -51,6 +58,6 @@ def prepared_weight(weight: Tensor, index: tuple, layout: str, dtype: torch.dtyp
     hit = entries.get(key)
     if hit is not None and hit[0] == stamp:
         return hit[1]
-    prepared = _layout(view.to(dtype), layout)
+    prepared = _layout(view, layout).to(dtype)
     entries[key] = (stamp, prepared)
     return prepared
