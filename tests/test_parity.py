@@ -84,3 +84,29 @@ def test_small_map_gemm_path_matches_in_inference(shape):
     inputs = _inputs(*shape)
     with torch.no_grad():
         torch.testing.assert_close(ours(inputs), upstream(inputs), atol=ATOL, rtol=0)
+
+
+def test_branch_batch_norm_on_channels_last_conv_output_matches_mmseg():
+    """Tap-skipping branches produce channels-last maps; with batch statistics their
+    norm must match mmseg's NCHW result even when |mean| >> std, where PyTorch's
+    channels-last statistics flip ReLU decisions (input-gradient error up to 64)."""
+    from mmcv.cnn import ConvModule
+
+    from mmseg_aspp.atrous.aspp import _norm_act
+
+    layer = ConvModule(4, 2, 3, norm_cfg=dict(type="BN")).train()
+    with torch.no_grad():
+        layer.bn.weight.copy_(torch.tensor([-1.5, 0.4]))
+        layer.bn.bias.copy_(torch.tensor([-0.3, -0.5]))
+    for seed in range(5):
+        gen = torch.Generator().manual_seed(seed)
+        conv_out = torch.randn(3, 2, 54, 52, generator=gen) * 0.02 + 8
+        grad = torch.randn(conv_out.shape, generator=gen)
+        ref_in = conv_out.clone().requires_grad_()
+        ref = layer.activate(layer.bn(ref_in))
+        ours_in = conv_out.contiguous(memory_format=torch.channels_last).requires_grad_()
+        ours = _norm_act(layer, ours_in)
+        torch.testing.assert_close(ours, ref, atol=ATOL, rtol=0)
+        (ours_grad,) = torch.autograd.grad(ours, ours_in, grad)
+        (ref_grad,) = torch.autograd.grad(ref, ref_in, grad)
+        torch.testing.assert_close(ours_grad, ref_grad, atol=ATOL, rtol=1e-4)
