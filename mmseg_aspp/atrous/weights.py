@@ -16,8 +16,6 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from .winograd import winograd_kernel
 
-from .winograd import winograd_kernel
-
 _cache: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
 
