@@ -35,6 +35,7 @@ HEAD_SHAPES = ["64x128", "64x64", "97x97", "128x256", "32x32", "16x16"]
 RATES = (1, 12, 24, 36)
 IN_CHANNELS, CHANNELS, NUM_CLASSES = 2048, 512, 19
 MODEL_CONFIG = "deeplabv3_r101-d8_4xb2-80k_cityscapes-512x1024.py"
+MODEL_CASES = [("R101-D8 512x1024 b1", "eval", 1, (512, 1024)), ("R101-D8 512x512 b2", "train", 2, (512, 512))]
 
 
 @dataclass
@@ -117,6 +118,53 @@ def head_valid_macs(batch: int, height: int, width: int) -> float:
     return macs + pixels * CHANNELS * NUM_CLASSES
 
 
+def model_flops(mode: str, batch: int, height: int, width: int) -> float:
+    """Rough FLOPs of a whole-model step, for the progress estimate only.
+
+    The ASPP head is about half of DeepLabV3 R101-D8's work at output stride 8.
+    """
+    head = 2 * head_valid_macs(batch, height // 8, width // 8)
+    return 2 * head * (1 if mode == "eval" else 3)
+
+
+def planned_work(args, impls: int) -> float:
+    """Estimated FLOPs of the whole run (timed calls plus warm-ups), to weight progress."""
+    total = 0.0
+    for shape in args.shapes:
+        height, width = map(int, shape.split("x"))
+        for batch in args.batches:
+            macs = head_valid_macs(batch, height, width)
+            for mode in args.modes:
+                if not (mode == "train" and batch == 1):
+                    total += 2 * macs * (1 if mode == "eval" else 3) * impls * (args.repeats + 1)
+    if not args.no_model:
+        repeats = max(1, args.repeats // 2)
+        total += sum(2 * model_flops(mode, batch, h, w) * (repeats + 1) for _, mode, batch, (h, w) in MODEL_CASES)
+    return total
+
+
+class Progress:
+    """A progress bar on stderr, one line per measured case, weighted by estimated work."""
+
+    def __init__(self, total_work: float, width: int = 24) -> None:
+        self.total, self.done, self.width = total_work, 0.0, width
+        self.started = time.perf_counter()
+
+    def step(self, label: str, work: float) -> None:
+        """Report that ``label`` starts; it is expected to cost ``work`` (same unit as the total)."""
+        elapsed = time.perf_counter() - self.started
+        fraction = min(self.done / self.total, 1.0) if self.total else 0.0
+        bar = "#" * round(fraction * self.width)
+        eta = f", ~{_minutes(elapsed * (1 - fraction) / fraction)} left" if fraction > 0 else ""
+        print(f"  [{bar:<{self.width}}] {fraction:4.0%}  {_minutes(elapsed)} elapsed{eta}  {label}",
+              file=sys.stderr, flush=True)
+        self.done += work
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+
+
 # ------------------------------------------------------------------- models
 def build_heads(device):
     cfg = dict(in_channels=IN_CHANNELS, channels=CHANNELS, num_classes=NUM_CLASSES, dilations=RATES,
@@ -138,8 +186,7 @@ def _call(name, head, x):
     return head(x) if name == "torchvision" else head([x])
 
 
-def run_heads(args, device, peak, rows, progress):
-    heads = build_heads(device)
+def run_heads(args, heads, device, peak, rows, progress):
     # Training steps update BN statistics: restart every case from the same weights.
     initial = {name: {k: v.clone() for k, v in head.state_dict().items()} for name, head in heads.items()}
     for shape in args.shapes:
@@ -158,13 +205,13 @@ def run_heads(args, device, peak, rows, progress):
                     if name == "ours" and args.reduced_precision:
                         variants.append((args.reduced_precision, getattr(torch, args.reduced_precision)))
                     for label, dtype in variants:
-                        progress(f"{case} {mode} {name} {label}")
+                        flops = 2 * macs * (1 if mode == "eval" else 3)
+                        progress.step(f"{case} {mode} {name} {label}", flops * (args.repeats + 1))
                         head.load_state_dict(initial[name])
                         fn = _step_fn(name, head, x, mode, device, dtype)
                         times, peak_mb = time_it(fn, device, args.repeats)
                         row = Row(case, mode, name if dtype is None else f"{name} {label}",
                                   statistics.median(times), max(times) - min(times), times, peak_mb=peak_mb)
-                        flops = 2 * macs * (1 if mode == "eval" else 3)
                         row.limit_fraction = flops / (peak[label] * 1e9) / (row.median_ms / 1000)
                         if name == "upstream":
                             base_ms = row.median_ms
@@ -217,15 +264,15 @@ def run_models(args, device, peak, rows, progress):
         models[name] = revert_sync_batchnorm(MODELS.build(cfg.model)).to(device)
     models["ours"].load_state_dict(models["upstream"].state_dict())
 
-    cases = [("R101-D8 512x1024 b1", "eval", 1, (512, 1024)), ("R101-D8 512x512 b2", "train", 2, (512, 512))]
-    for case, mode, batch, (height, width) in cases:
+    for case, mode, batch, (height, width) in MODEL_CASES:
         images = torch.randn(batch, 3, height, width, device=device)
         labels = torch.randint(0, NUM_CLASSES, (batch, height, width), device=device)
         base_ms = None
+        repeats = max(1, args.repeats // 2)
         for name, model in models.items():
-            progress(f"model {case} {mode} {name}")
+            progress.step(f"model {case} {mode} {name}", model_flops(mode, batch, height, width) * (repeats + 1))
             fn = _model_step(model, images, labels, mode)
-            times, peak_mb = time_it(fn, device, max(1, args.repeats // 2))
+            times, peak_mb = time_it(fn, device, repeats)
             row = Row(case, mode, name, statistics.median(times), max(times) - min(times), times,
                       peak_mb=peak_mb)
             base_ms = base_ms or row.median_ms
@@ -268,6 +315,15 @@ def device_name(device) -> str:
     except (OSError, AttributeError):
         model = platform.processor() or "CPU"
     return f"{model} ({torch.get_num_threads()} threads)"
+
+
+def native_reduced_precision(device, dtype: torch.dtype) -> bool:
+    """Whether ``device`` has arithmetic units for ``dtype`` (else it is emulated, slower than fp32)."""
+    if device.type == "cuda":
+        return dtype == torch.float16 or torch.cuda.is_bf16_supported()
+    caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+    kinds = ("avx512_bf16", "amx_bf16") if dtype == torch.bfloat16 else ("avx512_fp16", "amx_fp16")
+    return any(caps.get(kind, False) for kind in kinds)
 
 
 def format_table(rows: list[Row]) -> str:
@@ -336,17 +392,18 @@ def main(argv=None) -> None:
     if args.reduced_precision:
         peak[args.reduced_precision] = gemm_peak_gflops(device, getattr(torch, args.reduced_precision))
     print("GEMM peak: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items()), flush=True)
+    native = None
+    if args.reduced_precision:
+        native = native_reduced_precision(device, getattr(torch, args.reduced_precision))
+        if not native:
+            print(f"note: this {device.type} has no native {args.reduced_precision} arithmetic; "
+                  f"its rows measure emulation, slower than fp32", flush=True)
 
+    heads = build_heads(device)
+    impls = len(heads) + (1 if args.reduced_precision else 0)
+    progress = Progress(planned_work(args, impls))
     rows: list[Row] = []
-    started = time.perf_counter()
-    done = [0]
-
-    def progress(label: str) -> None:
-        done[0] += 1
-        elapsed = time.perf_counter() - started
-        print(f"  [{done[0]:3d}] {elapsed:7.0f}s  {label}", file=sys.stderr, flush=True)
-
-    run_heads(args, device, peak, rows, progress)
+    run_heads(args, heads, device, peak, rows, progress)
     if not args.no_model:
         run_models(args, device, peak, rows, progress)
 
@@ -354,11 +411,14 @@ def main(argv=None) -> None:
     table = format_table(rows)
     print(f"\nDevice: {name}\n\n{table}")
     meta = dict(device=name, torch=torch.__version__, gemm_peak_gflops=peak, rates=RATES,
-                in_channels=IN_CHANNELS, channels=CHANNELS, repeats=args.repeats)
+                in_channels=IN_CHANNELS, channels=CHANNELS, repeats=args.repeats,
+                reduced_precision=args.reduced_precision, reduced_precision_native=native)
     with open(os.path.join(args.out_dir, "benchmark.json"), "w") as f:
         json.dump(dict(meta=meta, rows=[asdict(r) for r in rows]), f, indent=1)
     with open(os.path.join(args.out_dir, "benchmark.md"), "w") as f:
-        f.write(f"Device: {name}; torch {torch.__version__}\n\n{table}\n")
+        peaks = ", ".join(f"{k} {v:.0f}" for k, v in peak.items())
+        f.write(f"Device: {name}; torch {torch.__version__}; GEMM peak GFLOP/s: {peaks}; "
+                f"native {args.reduced_precision}: {native}\n\n{table}\n")
     plot(rows, os.path.join(args.out_dir, "benchmark.png"), f"{name}, torch {torch.__version__}")
     print(f"\nwrote {args.out_dir}/benchmark.json, benchmark.md, benchmark.png")
 
