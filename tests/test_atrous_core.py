@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from mmseg_aspp.atrous import effective_kernel, valid_tap_fraction
 from mmseg_aspp.atrous.conv import atrous_convs
 from mmseg_aspp.atrous.geometry import tap_span
-from mmseg_aspp.atrous.winograd import winograd_conv3x3, winograd_kernel
+from mmseg_aspp.atrous.winograd import winograd_conv3x3, winograd_input, winograd_kernel
 
 
 @pytest.mark.parametrize("length", [1, 5, 16, 65])
@@ -65,15 +65,23 @@ def test_atrous_convs_match_conv2d_forward_and_backward():
     torch.testing.assert_close(gw, rw, atol=1e-4, rtol=1e-5)
 
 
-# Odd and even sizes, single rows/columns, a 1x1 map, batches of 1 to 3.
-@pytest.mark.parametrize("shape", [(1, 1, 1), (2, 1, 7), (3, 6, 1), (1, 2, 2), (2, 9, 14), (1, 17, 33)])
-def test_winograd_conv3x3_equals_conv2d(shape):
+def _winograd(x, kernel, max_tiles=None):
+    buffer, interior = winograd_input(x.shape[0], x.shape[1], x.shape[2], x.shape[3], like=x)
+    interior.copy_(x)
+    return winograd_conv3x3(buffer, kernel, x.shape[2], x.shape[3], max_tiles)
+
+
+# Odd and even sizes, single rows/columns, a 1x1 map, batches of 1 to 3; in one piece
+# (None), tile by tile, in bands of tile rows (3 and 7 tiles), and several images at once.
+@pytest.mark.parametrize("max_tiles", [None, 1, 3, 7, 40])
+@pytest.mark.parametrize("shape", [(1, 1, 1), (2, 1, 7), (3, 6, 1), (1, 2, 2), (2, 9, 14), (1, 17, 33), (3, 5, 5)])
+def test_winograd_conv3x3_equals_conv2d(shape, max_tiles):
     gen = torch.Generator().manual_seed(3)
     batch, height, width = shape
-    parts = [torch.randn(batch, c, height, width, generator=gen, dtype=torch.float64) for c in (3, 5)]
+    x = torch.randn(batch, 8, height, width, generator=gen, dtype=torch.float64)
     weight = torch.randn(4, 8, 3, 3, generator=gen, dtype=torch.float64)
-    ours = winograd_conv3x3(parts, winograd_kernel(weight))
-    ref = F.conv2d(torch.cat(parts, dim=1), weight, padding=1)
+    ours = _winograd(x, winograd_kernel(weight), max_tiles)
+    ref = F.conv2d(x, weight, padding=1)
     torch.testing.assert_close(ours, ref, atol=1e-12, rtol=0)
 
 
@@ -84,6 +92,6 @@ def test_winograd_conv3x3_bf16_error_is_close_to_direct_bf16():
     weight = torch.randn(32, 64, 3, 3, generator=gen) * 0.05
     ref = F.conv2d(x, weight, padding=1)
     direct = F.conv2d(x.bfloat16(), weight.bfloat16(), padding=1).float()
-    ours = winograd_conv3x3([x.bfloat16()], winograd_kernel(weight).bfloat16()).float()
+    ours = _winograd(x.bfloat16(), winograd_kernel(weight).bfloat16()).float()
     direct_error = (direct - ref).abs().max().item()
     assert (ours - ref).abs().max().item() <= 4 * direct_error  # 2.6x here

@@ -26,6 +26,7 @@ def test_small_run_writes_table_json_and_chart(tmp_path, monkeypatch, capsys):
     data = json.loads((tmp_path / "benchmark.json").read_text())
     assert data["meta"]["reduced_precision"] == "bfloat16"
     assert isinstance(data["meta"]["reduced_precision_native"], bool)
+    assert data["meta"]["prepared_weight_cache_mb"] > 0  # eval calls prepared Winograd and tap kernels
     rows = {(r["mode"], r["impl"]): r for r in data["rows"]}
     expected = {(mode, impl) for mode in ("eval", "train") for impl in ("upstream", "ours", "ours bfloat16")}
     assert expected <= set(rows)

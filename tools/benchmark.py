@@ -30,6 +30,7 @@ from mmseg.registry import MODELS  # noqa: E402
 
 import mmseg_aspp  # noqa: E402,F401
 from mmseg_aspp.atrous import valid_tap_fraction  # noqa: E402
+from mmseg_aspp.atrous.weights import prepared_bytes  # noqa: E402
 
 HEAD_SHAPES = ["64x128", "64x64", "97x97", "128x256", "32x32", "16x16"]
 RATES = (1, 12, 24, 36)
@@ -59,11 +60,13 @@ def _sync(device: torch.device) -> None:
 
 
 def time_it(fn, device, repeats: int) -> tuple[list[float], float | None]:
-    """Timed runs after one warm-up call (caches, allocator, oneDNN primitives).
+    """Timed runs after a warm-up call (caches, allocator, oneDNN primitives).
 
     Returns:
-        Wall times in ms, and the warm-up call's peak memory in MB.
+        Wall times in ms, and the peak memory in MB of a call after the warm-up
+        (one-off work such as prepared weights is not counted).
     """
+    fn()
     peak_mb = peak_memory_mb(fn, device)
     times = []
     for _ in range(repeats):
@@ -128,7 +131,7 @@ def model_flops(mode: str, batch: int, height: int, width: int) -> float:
 
 
 def planned_work(args, impls: int) -> float:
-    """Estimated FLOPs of the whole run (timed calls plus warm-ups), to weight progress."""
+    """Estimated FLOPs of the whole run (timed, warm-up and memory calls), to weight progress."""
     total = 0.0
     for shape in args.shapes:
         height, width = map(int, shape.split("x"))
@@ -136,10 +139,10 @@ def planned_work(args, impls: int) -> float:
             macs = head_valid_macs(batch, height, width)
             for mode in args.modes:
                 if not (mode == "train" and batch == 1):
-                    total += 2 * macs * (1 if mode == "eval" else 3) * impls * (args.repeats + 1)
+                    total += 2 * macs * (1 if mode == "eval" else 3) * impls * (args.repeats + 2)
     if not args.no_model:
         repeats = max(1, args.repeats // 2)
-        total += sum(2 * model_flops(mode, batch, h, w) * (repeats + 1) for _, mode, batch, (h, w) in MODEL_CASES)
+        total += sum(2 * model_flops(mode, batch, h, w) * (repeats + 2) for _, mode, batch, (h, w) in MODEL_CASES)
     return total
 
 
@@ -206,7 +209,7 @@ def run_heads(args, heads, device, peak, rows, progress):
                         variants.append((args.reduced_precision, getattr(torch, args.reduced_precision)))
                     for label, dtype in variants:
                         flops = 2 * macs * (1 if mode == "eval" else 3)
-                        progress.step(f"{case} {mode} {name} {label}", flops * (args.repeats + 1))
+                        progress.step(f"{case} {mode} {name} {label}", flops * (args.repeats + 2))
                         head.load_state_dict(initial[name])
                         fn = _step_fn(name, head, x, mode, device, dtype)
                         times, peak_mb = time_it(fn, device, args.repeats)
@@ -270,7 +273,7 @@ def run_models(args, device, peak, rows, progress):
         base_ms = None
         repeats = max(1, args.repeats // 2)
         for name, model in models.items():
-            progress.step(f"model {case} {mode} {name}", model_flops(mode, batch, height, width) * (repeats + 1))
+            progress.step(f"model {case} {mode} {name}", model_flops(mode, batch, height, width) * (repeats + 2))
             fn = _model_step(model, images, labels, mode)
             times, peak_mb = time_it(fn, device, repeats)
             row = Row(case, mode, name, statistics.median(times), max(times) - min(times), times,
@@ -404,21 +407,25 @@ def main(argv=None) -> None:
     progress = Progress(planned_work(args, impls))
     rows: list[Row] = []
     run_heads(args, heads, device, peak, rows, progress)
+    cache_mb = prepared_bytes() / 2**20
     if not args.no_model:
         run_models(args, device, peak, rows, progress)
 
     os.makedirs(args.out_dir, exist_ok=True)
     table = format_table(rows)
-    print(f"\nDevice: {name}\n\n{table}")
+    cache = (f"weights our head prepared and keeps between calls (every dtype and layout this run used): "
+             f"{cache_mb:.0f} MB, not in peak MB")
+    print(f"\nDevice: {name}\n\n{table}\n\n{cache}")
     meta = dict(device=name, torch=torch.__version__, gemm_peak_gflops=peak, rates=RATES,
                 in_channels=IN_CHANNELS, channels=CHANNELS, repeats=args.repeats,
-                reduced_precision=args.reduced_precision, reduced_precision_native=native)
+                reduced_precision=args.reduced_precision, reduced_precision_native=native,
+                prepared_weight_cache_mb=cache_mb)
     with open(os.path.join(args.out_dir, "benchmark.json"), "w") as f:
         json.dump(dict(meta=meta, rows=[asdict(r) for r in rows]), f, indent=1)
     with open(os.path.join(args.out_dir, "benchmark.md"), "w") as f:
         peaks = ", ".join(f"{k} {v:.0f}" for k, v in peak.items())
         f.write(f"Device: {name}; torch {torch.__version__}; GEMM peak GFLOP/s: {peaks}; "
-                f"native {args.reduced_precision}: {native}\n\n{table}\n")
+                f"native {args.reduced_precision}: {native}\n\n{table}\n\n{cache}\n")
     plot(rows, os.path.join(args.out_dir, "benchmark.png"), f"{name}, torch {torch.__version__}")
     print(f"\nwrote {args.out_dir}/benchmark.json, benchmark.md, benchmark.png")
 

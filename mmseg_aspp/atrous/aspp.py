@@ -12,8 +12,9 @@ Every step is exact (same parameters, same function up to float rounding):
   bottleneck is a per-pixel sum of at most nine projected vectors instead of
   a convolution over a broadcast map;
 * in inference the rest of the bottleneck runs as Winograd F(2x2, 3x3)
-  (``winograd.py``): 2.25x fewer multiplications, read straight from the
-  branch outputs without concatenating them; the branches share one
+  (``winograd.py``): 2.25x fewer multiplications; each normalised branch is
+  written straight into its padded input, so no concatenation is built and
+  working memory stays below upstream's; the branches share one
   channels-last copy of the input, made in the same pass as the cast to the
   compute dtype.
 
@@ -36,7 +37,7 @@ from .gemm import kernel_offsets, taps_conv_hwc
 from .geometry import effective_kernel, valid_tap_fraction
 from .reference import aspp_features_reference, is_capturing
 from .weights import prepared_weight
-from .winograd import winograd_conv3x3
+from .winograd import winograd_conv3x3, winograd_input
 
 # Below this 2-D valid-tap fraction a dilated conv is faster channels-last with
 # tap skipping; above it the plain dense (NCHW) convolution wins or ties.
@@ -196,17 +197,24 @@ def aspp_features(
     plans = plan_branches(height, width, rates, gemm)
     pooled = pool_layer(F.adaptive_avg_pool2d(x, 1)).flatten(1)
     convs = _branch_convs(_branch_input(x), branches, plans)
-    normed = [_norm_act(m, out) for m, out in zip(branches, convs)]
 
     weight = bottleneck.conv.weight
     n_pool = pooled.shape[1]
     branch_part = (slice(None), slice(n_pool, None))
-    dtype = normed[0].dtype
-    if not torch.is_grad_enabled():
-        out = winograd_conv3x3(normed, prepared_weight(weight, branch_part, "winograd", dtype))
-    else:
+    if torch.is_grad_enabled():
         # Autograd keeps the convolution's input: the concatenation, in the layout it needs.
-        fused = torch.cat(normed, dim=1).contiguous()
-        out = F.conv2d(fused, prepared_weight(weight, branch_part, "contiguous", dtype), None, 1, 1)
+        fused = torch.cat([_norm_act(m, out) for m, out in zip(branches, convs)], dim=1).contiguous()
+        out = F.conv2d(fused, prepared_weight(weight, branch_part, "contiguous", fused.dtype), None, 1, 1)
+    else:
+        # Each normalised branch goes straight into the Winograd input; nothing else keeps it.
+        buffer, interior = winograd_input(batch, weight.shape[1] - n_pool, height, width, convs[0])
+        start = 0
+        for i, layer in enumerate(branches):
+            normed = _norm_act(layer, convs[i])
+            convs[i] = None
+            interior[:, start : start + normed.shape[1]] = normed
+            start += normed.shape[1]
+        kernel = prepared_weight(weight, branch_part, "winograd", buffer.dtype)
+        out = winograd_conv3x3(buffer, kernel, height, width)
     out = out + _pool_bottleneck_term(weight[:, :n_pool], pooled, height, width)
     return _norm_act(bottleneck, out)

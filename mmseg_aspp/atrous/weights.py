@@ -59,3 +59,13 @@ def prepared_weight(weight: Tensor, index: tuple, layout: str, dtype: torch.dtyp
     prepared = _layout(view, layout).to(dtype)
     entries[key] = (stamp, prepared)
     return prepared
+
+
+def prepared_bytes() -> int:
+    """Memory held by prepared copies (views that share a parameter's storage cost nothing)."""
+    return sum(
+        prepared.nbytes
+        for weight, entries in _cache.items()
+        for _, prepared in entries.values()
+        if prepared.untyped_storage().data_ptr() != weight.untyped_storage().data_ptr()
+    )

@@ -14,10 +14,13 @@ out channels-last, so every transform step is a unit-stride elementwise op.
 """
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
 from torch import Tensor
+
+# The 16 transformed copies of a tile are the largest buffers: working on this
+# many bytes of them at a time keeps memory small and the buffers reusable
+# (freed blocks above 32 MB go back to the OS and are page-faulted in anew).
+CHUNK_BYTES = 16 * 2**20
 
 # Kernel transform G (4x3) of F(2, 3); the input and output transforms are written out below.
 _G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
@@ -49,43 +52,90 @@ def _output_transform(m0: Tensor, m1: Tensor, m2: Tensor, m3: Tensor, out0: Tens
     torch.sub(m1, m2, out=out1).sub_(m3)
 
 
-def winograd_conv3x3(parts: Sequence[Tensor], kernel: Tensor) -> Tensor:
-    """``conv2d(cat(parts, dim=1), weight, padding=1)`` via F(2x2, 3x3), without bias.
+def _tile_chunks(batch: int, tiles_h: int, tiles_w: int, max_tiles: int):
+    """``(image slice, tile-row slice)`` pieces of about ``max_tiles`` tiles each.
 
-    Args:
-        parts: Inputs (N, C_i, H, W) whose channel concatenation is convolved;
-            taking them apart saves building the concatenation.
-        kernel: ``winograd_kernel(weight)`` in the inputs' dtype.
-
-    Returns:
-        (N, C_out, H, W) in channels-last memory format.
+    Whole images go together while they fit; a larger image is split into
+    bands of tile rows (at least one row each).
     """
-    batch, _, height, width = parts[0].shape
-    in_ch, out_ch = kernel.shape[1:]
-    tiles_h, tiles_w = (height + 1) // 2, (width + 1) // 2
-    # Zero-padded (N, H, W, C) input, rounded up to whole tiles; only the border is cleared.
-    padded = kernel.new_empty(batch, 2 * tiles_h + 2, 2 * tiles_w + 2, in_ch)
-    padded[:, 0].zero_()
-    padded[:, height + 1 :].zero_()
-    padded[:, :, 0].zero_()
-    padded[:, :, width + 1 :].zero_()
-    start = 0
-    for part in parts:
-        stop = start + part.shape[1]
-        padded[:, 1 : height + 1, 1 : width + 1, start:stop] = part.permute(0, 2, 3, 1)
-        start = stop
+    per_image = tiles_h * tiles_w
+    if per_image <= max_tiles:
+        images = max_tiles // per_image
+        for n in range(0, batch, images):
+            yield slice(n, min(n + images, batch)), slice(0, tiles_h)
+        return
+    band = max(1, max_tiles // tiles_w)
+    for n in range(batch):
+        for i in range(0, tiles_h, band):
+            yield slice(n, n + 1), slice(i, min(i + band, tiles_h))
 
+
+def _winograd_tiles(padded: Tensor, kernel: Tensor, out: Tensor) -> None:
+    """All tiles of a zero-padded piece (N, 2 * th + 2, 2 * tw + 2, C_in) into ``out``.
+
+    ``out`` is (N, th, 2, tw, 2, C_out): row and column within each tile's 2x2 block.
+    """
+    batch, padded_h, padded_w, in_ch = padded.shape
+    tiles_h, tiles_w = (padded_h - 2) // 2, (padded_w - 2) // 2
+    out_ch = kernel.shape[2]
     # Tile (i, j) reads padded rows 2i..2i+3 and columns 2j..2j+3.
-    rows = padded.new_empty(4, batch, tiles_h, padded.shape[2], in_ch)
+    rows = padded.new_empty(4, batch, tiles_h, padded_w, in_ch)
     _input_transform(*(padded[:, k : k + 2 * tiles_h - 1 : 2] for k in range(4)), out=rows)
     tiles = padded.new_empty(4, 4, batch, tiles_h, tiles_w, in_ch)
     for a in range(4):
         _input_transform(*(rows[a][:, :, k : k + 2 * tiles_w - 1 : 2] for k in range(4)), out=tiles[a])
-
     products = torch.bmm(tiles.view(16, -1, in_ch), kernel).view(4, 4, batch, tiles_h, tiles_w, out_ch)
     half = products.new_empty(2, 4, batch, tiles_h, tiles_w, out_ch)
     _output_transform(*products, half[0], half[1])
-    out = products.new_empty(batch, tiles_h, 2, tiles_w, 2, out_ch)
     for i in range(2):
         _output_transform(*half[i], out[:, :, i, :, 0], out[:, :, i, :, 1])
+
+
+def winograd_input(batch: int, channels: int, height: int, width: int, like: Tensor) -> tuple[Tensor, Tensor]:
+    """A zero-bordered input buffer for ``winograd_conv3x3`` and its interior to fill.
+
+    Filling the interior piece by piece lets a caller convolve a channel
+    concatenation without building it (and free each piece once written).
+
+    Args:
+        batch, channels, height, width: Size of the input map.
+        like: Tensor whose dtype and device the buffer takes.
+
+    Returns:
+        ``(buffer, interior)``: the (N, 2 * ceil(H/2) + 2, 2 * ceil(W/2) + 2, C)
+        buffer, and a (N, C, H, W) view of its interior.
+    """
+    tiles_h, tiles_w = (height + 1) // 2, (width + 1) // 2
+    buffer = like.new_empty(batch, 2 * tiles_h + 2, 2 * tiles_w + 2, channels)
+    # Only the border (and the rounding up to whole tiles) is cleared; the caller writes the rest.
+    buffer[:, 0].zero_()
+    buffer[:, height + 1 :].zero_()
+    buffer[:, :, 0].zero_()
+    buffer[:, :, width + 1 :].zero_()
+    return buffer, buffer[:, 1 : height + 1, 1 : width + 1].permute(0, 3, 1, 2)
+
+
+def winograd_conv3x3(buffer: Tensor, kernel: Tensor, height: int, width: int,
+                     max_tiles: int | None = None) -> Tensor:
+    """``conv2d(input, weight, padding=1)`` via F(2x2, 3x3), without bias.
+
+    Args:
+        buffer: ``winograd_input``'s buffer with the input written to its interior.
+        kernel: ``winograd_kernel(weight)`` in the buffer's dtype.
+        height, width: Size of the input map.
+        max_tiles: Tiles transformed and multiplied at a time; by default as
+            many as fit ``CHUNK_BYTES``.
+
+    Returns:
+        (N, C_out, H, W) in channels-last memory format.
+    """
+    batch, in_ch = buffer.shape[0], buffer.shape[3]
+    out_ch = kernel.shape[2]
+    tiles_h, tiles_w = (height + 1) // 2, (width + 1) // 2
+    if max_tiles is None:
+        max_tiles = max(1, CHUNK_BYTES // (16 * max(in_ch, out_ch) * kernel.element_size()))
+    out = buffer.new_empty(batch, tiles_h, 2, tiles_w, 2, out_ch)
+    for images, tile_rows in _tile_chunks(batch, tiles_h, tiles_w, max_tiles):
+        buffer_rows = slice(2 * tile_rows.start, 2 * tile_rows.stop + 2)
+        _winograd_tiles(buffer[images, buffer_rows], kernel, out[images, tile_rows])
     return out.view(batch, 2 * tiles_h, 2 * tiles_w, out_ch)[:, :height, :width].permute(0, 3, 1, 2)
