@@ -2,10 +2,10 @@
 """Side-by-side speed/memory benchmark: mmseg_aspp.ASPPHead vs mmseg's ASPPHead.
 
 Every ratio is measured in one run on one machine: the heads get identical
-weights and inputs and are timed alternately. Results go to a table on
-stdout, a JSON file and a PNG chart in --out-dir.
+weights and inputs and are timed in interleaved rounds. Results go to a
+table on stdout, a JSON file and a PNG chart in --out-dir.
 
-    python tools/benchmark.py                 # full run (CPU: about 30 min)
+    python tools/benchmark.py --repeats 3     # full run (2-core CPU: about 35 min)
     python tools/benchmark.py --quick         # small shapes, a minute or two
 """
 from __future__ import annotations
@@ -59,22 +59,29 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_it(fn, device, repeats: int) -> tuple[list[float], float | None]:
-    """Timed runs after a warm-up call (caches, allocator, oneDNN primitives).
+def measure(fns: dict, device, repeats: int) -> dict[str, tuple[list[float], float | None]]:
+    """Time several implementations of one case in interleaved rounds.
+
+    Each gets a warm-up call (caches, allocator, oneDNN primitives) and a call
+    whose peak memory is read; then every round times each once, in turn, so a
+    slow spell of a shared machine hits all of them alike and their ratio holds.
 
     Returns:
-        Wall times in ms, and the peak memory in MB of a call after the warm-up
-        (one-off work such as prepared weights is not counted).
+        Per name: wall times in ms, and the peak memory in MB of a call after
+        the warm-up (one-off work such as prepared weights is not counted).
     """
-    fn()
-    peak_mb = peak_memory_mb(fn, device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+    peaks = {}
+    for name, fn in fns.items():
         fn()
-        _sync(device)
-        times.append((time.perf_counter() - start) * 1000)
-    return times, peak_mb
+        peaks[name] = peak_memory_mb(fn, device)
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append((time.perf_counter() - start) * 1000)
+    return {name: (times[name], peaks[name]) for name in fns}
 
 
 def _proc_status_mb(key: str) -> float:
@@ -105,7 +112,7 @@ def peak_memory_mb(fn, device) -> float | None:
 def gemm_peak_gflops(device, dtype) -> float:
     a = torch.randn(2048, 4096, device=device, dtype=dtype)
     b = torch.randn(4096, 2048, device=device, dtype=dtype)
-    best = min(time_it(lambda: a @ b, device, 5)[0])
+    best = min(measure({"mm": lambda: a @ b}, device, 5)["mm"][0])
     return 2 * 2048 * 4096 * 2048 / (best / 1000) / 1e9
 
 
@@ -141,8 +148,7 @@ def planned_work(args, impls: int) -> float:
                 if not (mode == "train" and batch == 1):
                     total += 2 * macs * (1 if mode == "eval" else 3) * impls * (args.repeats + 2)
     if not args.no_model:
-        repeats = max(1, args.repeats // 2)
-        total += sum(2 * model_flops(mode, batch, h, w) * (repeats + 2) for _, mode, batch, (h, w) in MODEL_CASES)
+        total += sum(2 * model_flops(mode, batch, h, w) * (args.repeats + 2) for _, mode, batch, (h, w) in MODEL_CASES)
     return total
 
 
@@ -201,30 +207,31 @@ def run_heads(args, heads, device, peak, rows, progress):
             for mode in args.modes:
                 if mode == "train" and batch == 1:
                     continue  # BN in the image-pool branch cannot train on one sample
-                ref_logits = None
-                base_ms = None
+                flops = 2 * macs * (1 if mode == "eval" else 3)
+                variants = {}  # impl -> (head name, compute dtype or None for fp32, precision label)
                 for name, head in heads.items():
-                    variants = [("fp32", None)]
+                    head.load_state_dict(initial[name])
+                    variants[name] = (name, None, "fp32")
                     if name == "ours" and args.reduced_precision:
-                        variants.append((args.reduced_precision, getattr(torch, args.reduced_precision)))
-                    for label, dtype in variants:
-                        flops = 2 * macs * (1 if mode == "eval" else 3)
-                        progress.step(f"{case} {mode} {name} {label}", flops * (args.repeats + 2))
-                        head.load_state_dict(initial[name])
-                        fn = _step_fn(name, head, x, mode, device, dtype)
-                        times, peak_mb = time_it(fn, device, args.repeats)
-                        row = Row(case, mode, name if dtype is None else f"{name} {label}",
-                                  statistics.median(times), max(times) - min(times), times, peak_mb=peak_mb)
-                        row.limit_fraction = flops / (peak[label] * 1e9) / (row.median_ms / 1000)
-                        if name == "upstream":
-                            base_ms = row.median_ms
-                            if mode == "eval":
-                                ref_logits = _eval_logits(name, head, x, None, device)
-                        row.ratio = base_ms / row.median_ms if base_ms else None
-                        if mode == "eval" and ref_logits is not None and name == "ours":
-                            logits = _eval_logits(name, head, x, dtype, device)
-                            row.argmax_agreement = (logits.argmax(1) == ref_logits.argmax(1)).float().mean().item()
-                        rows.append(row)
+                        variants[f"ours {args.reduced_precision}"] = (
+                            name, getattr(torch, args.reduced_precision), args.reduced_precision)
+                progress.step(f"{case} {mode}: {', '.join(variants)}",
+                              flops * len(variants) * (args.repeats + 2))
+                fns = {impl: _step_fn(name, heads[name], x, mode, device, dtype)
+                       for impl, (name, dtype, _) in variants.items()}
+                results = measure(fns, device, args.repeats)
+                base_ms = statistics.median(results["upstream"][0])
+                ref_logits = _eval_logits("upstream", heads["upstream"], x, None, device) if mode == "eval" else None
+                for impl, (name, dtype, precision) in variants.items():
+                    times, peak_mb = results[impl]
+                    row = Row(case, mode, impl, statistics.median(times), max(times) - min(times), times,
+                              peak_mb=peak_mb)
+                    row.ratio = base_ms / row.median_ms
+                    row.limit_fraction = flops / (peak[precision] * 1e9) / (row.median_ms / 1000)
+                    if ref_logits is not None and name == "ours":
+                        logits = _eval_logits(name, heads[name], x, dtype, device)
+                        row.argmax_agreement = (logits.argmax(1) == ref_logits.argmax(1)).float().mean().item()
+                    rows.append(row)
 
 
 def _autocast(device, dtype):
@@ -270,15 +277,14 @@ def run_models(args, device, peak, rows, progress):
     for case, mode, batch, (height, width) in MODEL_CASES:
         images = torch.randn(batch, 3, height, width, device=device)
         labels = torch.randint(0, NUM_CLASSES, (batch, height, width), device=device)
-        base_ms = None
-        repeats = max(1, args.repeats // 2)
-        for name, model in models.items():
-            progress.step(f"model {case} {mode} {name}", model_flops(mode, batch, height, width) * (repeats + 2))
-            fn = _model_step(model, images, labels, mode)
-            times, peak_mb = time_it(fn, device, repeats)
+        progress.step(f"model {case} {mode}: {', '.join(models)}",
+                      model_flops(mode, batch, height, width) * len(models) * (args.repeats + 2))
+        fns = {name: _model_step(model, images, labels, mode) for name, model in models.items()}
+        results = measure(fns, device, args.repeats)
+        base_ms = statistics.median(results["upstream"][0])
+        for name, (times, peak_mb) in results.items():
             row = Row(case, mode, name, statistics.median(times), max(times) - min(times), times,
                       peak_mb=peak_mb)
-            base_ms = base_ms or row.median_ms
             row.ratio = base_ms / row.median_ms
             rows.append(row)
 
