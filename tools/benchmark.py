@@ -89,6 +89,9 @@ def _proc_status_mb(key: str) -> float:
         return int(re.search(rf"{key}:\s+(\d+)", f.read()).group(1)) / 1024
 
 
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (glibc malloc.h)
+
+
 def peak_memory_mb(fn, device) -> float | None:
     """Peak memory one call adds on top of what is already allocated."""
     if device.type == "cuda":
@@ -98,15 +101,23 @@ def peak_memory_mb(fn, device) -> float | None:
         fn()
         torch.cuda.synchronize(device)
         return (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    try:  # Linux: reset the RSS high-water mark, run, read it back
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    try:  # Linux (glibc): reset the RSS high-water mark, run, read it back
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+    # Blocks of 64 KiB and more are mapped for themselves and unmapped when freed, so the
+    # resident set follows the live tensors instead of what the allocator kept from before.
+    libc.mallopt(_M_MMAP_THRESHOLD, 64 * 2**10)
+    try:
+        libc.malloc_trim(0)
         base = _proc_status_mb("VmRSS")
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
         fn()
         return _proc_status_mb("VmHWM") - base
-    except OSError:
-        return None
+    finally:  # the thresholds glibc's own adjustment ends at, for the timed calls
+        libc.mallopt(_M_MMAP_THRESHOLD, 32 * 2**20)
+        libc.mallopt(_M_TRIM_THRESHOLD, 64 * 2**20)
 
 
 def gemm_peak_gflops(device, dtype) -> float:
