@@ -13,8 +13,8 @@ Every step is exact (same parameters, same function up to float rounding):
   a convolution over a broadcast map;
 * in inference the rest of the bottleneck runs as Winograd F(2x2, 3x3)
   (``winograd.py``): 2.25x fewer multiplications; each normalised branch is
-  written straight into its padded input, so no concatenation is built and
-  working memory stays below upstream's; the branches share one
+  written straight into its padded input and freed, so no concatenation is
+  built; the branches share one
   channels-last copy of the input, made in the same pass as the cast to the
   compute dtype.
 
