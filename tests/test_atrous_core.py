@@ -5,8 +5,8 @@ import torch.nn.functional as F
 
 from mmseg_aspp.atrous import effective_kernel, valid_tap_fraction
 from mmseg_aspp.atrous.conv import atrous_convs
-from mmseg_aspp.atrous.geometry import tap_span
-from mmseg_aspp.atrous.winograd import winograd_conv3x3, winograd_input, winograd_kernel
+from mmseg_aspp.atrous.geometry import phase_groups, tap_span
+from mmseg_aspp.atrous.winograd import winograd_atrous_conv3x3, winograd_conv3x3, winograd_input, winograd_kernel
 
 
 @pytest.mark.parametrize("length", [1, 5, 16, 65])
@@ -83,6 +83,30 @@ def test_winograd_conv3x3_equals_conv2d(shape, max_tiles):
     ours = _winograd(x, winograd_kernel(weight), max_tiles)
     ref = F.conv2d(x, weight, padding=1)
     torch.testing.assert_close(ours, ref, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("length", [1, 5, 12, 13, 64, 97])
+@pytest.mark.parametrize("rate", [1, 2, 12, 24, 100])
+def test_phase_groups_partition_the_axis(length, rate):
+    positions = []
+    for first, end, count in phase_groups(length, rate):
+        positions += [p + rate * i for p in range(first, end) for i in range(count)]
+    assert sorted(positions) == list(range(length))
+
+
+# Rates that divide the map and that leave phases of two sizes on one or both axes;
+# passes of one, several and all row phases (max_tiles), a batch of two.
+@pytest.mark.parametrize("max_tiles", [None, 1, 5])
+@pytest.mark.parametrize("shape, rate", [((1, 12, 12), 3), ((2, 13, 29), 3), ((1, 7, 5), 4),
+                                         ((2, 9, 20), 12), ((1, 25, 18), 6), ((1, 6, 6), 1)])
+def test_winograd_atrous_conv3x3_equals_dilated_conv2d(shape, rate, max_tiles):
+    gen = torch.Generator().manual_seed(5)
+    batch, height, width = shape
+    x = torch.randn(batch, 6, height, width, generator=gen, dtype=torch.float64)
+    weight = torch.randn(4, 6, 3, 3, generator=gen, dtype=torch.float64)
+    ours = winograd_atrous_conv3x3(x.permute(0, 2, 3, 1), winograd_kernel(weight), rate, max_tiles)
+    ref = F.conv2d(x, weight, padding=rate, dilation=rate)
+    torch.testing.assert_close(ours.permute(0, 3, 1, 2), ref, atol=1e-12, rtol=0)
 
 
 def test_winograd_conv3x3_bf16_error_is_close_to_direct_bf16():

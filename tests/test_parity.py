@@ -11,9 +11,9 @@ NORMS = [dict(type="BN", requires_grad=True), dict(type="GN", num_groups=4), Non
 ATOL = 1e-5
 
 
-def _inputs(batch, height, width, seed=1):
+def _inputs(batch, height, width, seed=1, channels=16):
     gen = torch.Generator().manual_seed(seed)
-    return [torch.randn(batch, 16, height, width, generator=gen)]
+    return [torch.randn(batch, channels, height, width, generator=gen)]
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -26,17 +26,15 @@ def test_eval_logits_match(shape, dilations):
         torch.testing.assert_close(ours(inputs), upstream(inputs), atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("norm_cfg", NORMS, ids=["BN", "GN", "none"])
-@pytest.mark.parametrize("shape", [(2, 45, 45), (2, 8, 8), (2, 10, 40)])
-def test_train_logits_loss_and_gradients_match(shape, norm_cfg):
-    ours, upstream = twin_heads(dilations=(1, 6, 12, 18), norm_cfg=norm_cfg)
+def _check_train_step_matches(ours, upstream, shape, channels=16):
+    """Logits, loss, parameter and input gradients and BN buffers of one train step agree."""
     ours.train(), upstream.train()
     batch, height, width = shape
-    samples = seg_samples(batch, height * 8, width * 8, num_classes=5)
+    samples = seg_samples(batch, height * 8, width * 8, num_classes=ours.num_classes)
 
     results = []
     for head in (ours, upstream):
-        inputs = [t.requires_grad_() for t in _inputs(*shape)]
+        inputs = [t.requires_grad_() for t in _inputs(*shape, channels=channels)]
         torch.manual_seed(0)  # same Dropout2d mask for both heads
         logits = head(inputs)
         torch.manual_seed(0)
@@ -60,6 +58,44 @@ def test_train_logits_loss_and_gradients_match(shape, norm_cfg):
     torch.testing.assert_close(x_ours, x_up, atol=ATOL, rtol=1e-4)
 
 
+@pytest.mark.parametrize("norm_cfg", NORMS, ids=["BN", "GN", "none"])
+@pytest.mark.parametrize("shape", [(2, 45, 45), (2, 8, 8), (2, 10, 40)])
+def test_train_logits_loss_and_gradients_match(shape, norm_cfg):
+    _check_train_step_matches(*twin_heads(dilations=(1, 6, 12, 18), norm_cfg=norm_cfg), shape)
+
+
+# The benchmark's feature maps and rates (tools/benchmark.py). Which path each branch
+# takes depends only on map size and rates, so narrow heads exercise the same paths.
+BENCHMARK_MAPS = [(64, 128), (64, 64), (97, 97), (128, 256), (32, 32), (16, 16)]
+BENCHMARK_RATES = (1, 12, 24, 36)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("size", BENCHMARK_MAPS, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_benchmark_shapes_eval_match(size, batch):
+    ours, upstream = twin_heads(dilations=BENCHMARK_RATES, in_channels=32, channels=16, num_classes=19)
+    ours.eval(), upstream.eval()
+    inputs = _inputs(batch, *size, channels=32)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(inputs), upstream(inputs), atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("size", BENCHMARK_MAPS, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_benchmark_shapes_train_step_match(size):
+    ours, upstream = twin_heads(dilations=BENCHMARK_RATES, in_channels=32, channels=16, num_classes=19)
+    _check_train_step_matches(ours, upstream, (2, *size), channels=32)
+
+
+@pytest.mark.parametrize("shape", [(1, 64, 128), (2, 16, 16)])
+def test_full_width_eval_logits_within_1e4(shape):
+    # DeepLabV3's real head width: 2048 input channels, 512 in every branch.
+    ours, upstream = twin_heads(dilations=BENCHMARK_RATES, in_channels=2048, channels=512, num_classes=19)
+    ours.eval(), upstream.eval()
+    inputs = _inputs(*shape, channels=2048)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(inputs), upstream(inputs), atol=1e-4, rtol=0)
+
+
 def test_multi_input_transform_matches():
     overrides = dict(in_channels=[8, 8], in_index=[0, 1], input_transform="resize_concat")
     ours, upstream = twin_heads(**overrides)
@@ -78,7 +114,23 @@ def test_small_map_gemm_path_matches_in_inference(shape):
     batch, height, width = shape
     assert batch * height * width <= GEMM_MAX_PIXELS
     dilations = (1, 4, 7, 24)
-    assert GEMM in {p.mode for p in plan_branches(height, width, dilations, True)}
+    assert GEMM in {p.mode for p in plan_branches(height, width, dilations, batch, True)}
+    ours, upstream = twin_heads(dilations=dilations)
+    ours.eval(), upstream.eval()
+    inputs = _inputs(*shape)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(inputs), upstream(inputs), atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("shape", [(1, 40, 52), (2, 27, 33)])
+def test_phase_winograd_path_matches_in_inference(shape):
+    # Maps large for their rates run those branches as Winograd per phase in inference.
+    from mmseg_aspp.atrous.aspp import WINOGRAD, plan_branches
+
+    batch, height, width = shape
+    dilations = (1, 3, 6, 12)
+    modes = [p.mode for p in plan_branches(height, width, dilations, batch, True)]
+    assert modes.count(WINOGRAD) >= 2, modes
     ours, upstream = twin_heads(dilations=dilations)
     ours.eval(), upstream.eval()
     inputs = _inputs(*shape)

@@ -36,6 +36,25 @@ def tap_span(length: int, offset: int) -> tuple[int, int]:
     return max(0, -offset), min(length, length - offset)
 
 
+def phase_groups(length: int, rate: int) -> list[tuple[int, int, int]]:
+    """Phases of an axis read every ``rate`` positions, grouped by their size.
+
+    Phase ``p`` holds positions ``p, p + rate, p + 2 * rate, ...``; a dilated
+    filter at ``rate`` only ever combines positions of one phase. The first
+    ``length % rate`` phases hold one position more than the rest.
+
+    Returns:
+        ``(first phase, end phase, positions per phase)`` for each non-empty group.
+    """
+    full, extra = divmod(length, rate)
+    groups = []
+    if extra:
+        groups.append((0, extra, full + 1))
+    if full:
+        groups.append((extra, rate, full))
+    return groups
+
+
 def axis_tap_counts(length: int, rate: int) -> tuple[int, int, int]:
     """How many positions on an axis have 1, 2 and 3 of a 3-tap atrous filter's reads inside.
 

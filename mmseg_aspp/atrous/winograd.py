@@ -11,11 +11,18 @@ multiply-accumulates than a direct one.
 It is the same linear map as the convolution; only rounding differs (the
 transforms add and subtract a few values of similar size). The work is laid
 out channels-last, so every transform step is a unit-stride elementwise op.
+
+A dilated 3x3 convolution at rate ``r`` only combines pixels of one phase
+``(y mod r, x mod r)``; each phase is a small map on which the dilated
+convolution is a plain 3x3 one (``winograd_atrous_conv3x3``, the
+space-to-batch form in which DeepLab first ran atrous convolution).
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from .geometry import phase_groups
 
 # The 16 transformed copies of a tile are the largest buffers: working on this
 # many bytes of them at a time keeps memory small and the buffers reusable
@@ -91,6 +98,11 @@ def _winograd_tiles(padded: Tensor, kernel: Tensor, out: Tensor) -> None:
         _output_transform(*half[i], out[:, :, i, :, 0], out[:, :, i, :, 1])
 
 
+def _chunk_tiles(in_ch: int, out_ch: int, kernel: Tensor) -> int:
+    """Tiles whose 16 transformed copies fit ``CHUNK_BYTES``."""
+    return max(1, CHUNK_BYTES // (16 * max(in_ch, out_ch) * kernel.element_size()))
+
+
 def winograd_input(batch: int, channels: int, height: int, width: int, like: Tensor) -> tuple[Tensor, Tensor]:
     """A zero-bordered input buffer for ``winograd_conv3x3`` and its interior to fill.
 
@@ -133,9 +145,58 @@ def winograd_conv3x3(buffer: Tensor, kernel: Tensor, height: int, width: int,
     out_ch = kernel.shape[2]
     tiles_h, tiles_w = (height + 1) // 2, (width + 1) // 2
     if max_tiles is None:
-        max_tiles = max(1, CHUNK_BYTES // (16 * max(in_ch, out_ch) * kernel.element_size()))
+        max_tiles = _chunk_tiles(in_ch, out_ch, kernel)
     out = buffer.new_empty(batch, tiles_h, 2, tiles_w, 2, out_ch)
     for images, tile_rows in _tile_chunks(batch, tiles_h, tiles_w, max_tiles):
         buffer_rows = slice(2 * tile_rows.start, 2 * tile_rows.stop + 2)
         _winograd_tiles(buffer[images, buffer_rows], kernel, out[images, tile_rows])
     return out.view(batch, 2 * tiles_h, 2 * tiles_w, out_ch)[:, :height, :width].permute(0, 3, 1, 2)
+
+
+def _phase_view(hwc: Tensor, rows: tuple[int, int, int], cols: tuple[int, int, int], rate: int) -> Tensor:
+    """View ``[n, a, b, i, j, c] = hwc[n, rows[0] + a + rate * i, cols[0] + b + rate * j, c]``.
+
+    ``rows`` and ``cols`` are ``phase_groups`` entries, so every index lies in the map.
+    """
+    (a0, a1, count_h), (b0, b1, count_w) = rows, cols
+    sn, sh, sw, sc = hwc.stride()
+    return hwc.as_strided((hwc.shape[0], a1 - a0, b1 - b0, count_h, count_w, hwc.shape[3]),
+                          (sn, sh, sw, rate * sh, rate * sw, sc), hwc.storage_offset() + a0 * sh + b0 * sw)
+
+
+def winograd_atrous_conv3x3(x: Tensor, kernel: Tensor, rate: int, max_tiles: int | None = None) -> Tensor:
+    """``conv2d(x, weight, padding=rate, dilation=rate)`` via F(2x2, 3x3) on each phase, without bias.
+
+    The phases of equal size are gathered into a batch of small zero-bordered
+    maps, a few chunks of tiles at a time, so the extra memory stays bounded.
+
+    Args:
+        x: Input (N, H, W, C), any strides (a permuted channels-last map is fastest).
+        kernel: ``winograd_kernel(weight)`` in ``x``'s dtype.
+        rate: Dilation (and padding) of the convolution.
+        max_tiles: Tiles transformed and multiplied at a time (see ``winograd_conv3x3``).
+
+    Returns:
+        (N, H, W, C_out).
+    """
+    batch, height, width, in_ch = x.shape
+    out_ch = kernel.shape[2]
+    if max_tiles is None:
+        max_tiles = _chunk_tiles(in_ch, out_ch, kernel)
+    out = x.new_empty(batch, height, width, out_ch)
+    for rows in phase_groups(height, rate):
+        for cols in phase_groups(width, rate):
+            src, dst = _phase_view(x, rows, cols, rate), _phase_view(out, rows, cols, rate)
+            row_phases, col_phases, count_h, count_w = src.shape[1:5]
+            tiles_per_row_phase = batch * col_phases * ((count_h + 1) // 2) * ((count_w + 1) // 2)
+            # Row phases per pass: about four chunks of tiles.
+            step = max(1, 4 * max_tiles // tiles_per_row_phase)
+            for a in range(0, row_phases, step):
+                taken = min(step, row_phases - a)
+                maps = batch * taken * col_phases
+                buffer, interior = winograd_input(maps, in_ch, count_h, count_w, x)
+                interior.permute(0, 2, 3, 1).view(batch, taken, col_phases, count_h, count_w, in_ch).copy_(
+                    src[:, a : a + taken])
+                result = winograd_conv3x3(buffer, kernel, count_h, count_w, max_tiles).permute(0, 2, 3, 1)
+                dst[:, a : a + taken] = result.view(batch, taken, col_phases, count_h, count_w, out_ch)
+    return out
