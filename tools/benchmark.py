@@ -11,17 +11,18 @@ table on stdout, a JSON file and a PNG chart in --out-dir.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import platform
 import re
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -84,16 +85,14 @@ def measure(fns: dict, device, repeats: int) -> dict[str, tuple[list[float], flo
     return {name: (times[name], peaks[name]) for name in fns}
 
 
-def _proc_status_mb(key: str) -> float:
-    with open("/proc/self/status") as f:
-        return int(re.search(rf"{key}:\s+(\d+)", f.read()).group(1)) / 1024
-
-
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (glibc malloc.h)
-
-
 def peak_memory_mb(fn, device) -> float | None:
-    """Peak memory one call adds on top of what is already allocated."""
+    """Peak memory one call adds on top of what is already allocated.
+
+    On CPU it is read from the profiler's timeline of tensor allocations: the
+    process's resident set would also count pages malloc keeps after a free
+    and hands out again, which charges many short-lived buffers as if they
+    were alive at once.
+    """
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         base = torch.cuda.memory_allocated(device)
@@ -101,23 +100,17 @@ def peak_memory_mb(fn, device) -> float | None:
         fn()
         torch.cuda.synchronize(device)
         return (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    try:  # Linux (glibc): reset the RSS high-water mark, run, read it back
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return None
-    # Blocks of 64 KiB and more are mapped for themselves and unmapped when freed, so the
-    # resident set follows the live tensors instead of what the allocator kept from before.
-    libc.mallopt(_M_MMAP_THRESHOLD, 64 * 2**10)
-    try:
-        libc.malloc_trim(0)
-        base = _proc_status_mb("VmRSS")
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
+    # The memory timeline needs shapes and stacks recorded along with allocations.
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
+                 with_stack=True) as prof:
         fn()
-        return _proc_status_mb("VmHWM") - base
-    finally:  # the thresholds glibc's own adjustment ends at, for the timed calls
-        libc.mallopt(_M_MMAP_THRESHOLD, 32 * 2**20)
-        libc.mallopt(_M_TRIM_THRESHOLD, 64 * 2**20)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "memory.json")
+        prof.export_memory_timeline(path, device="cpu")
+        with open(path) as f:
+            _, sizes = json.load(f)  # [times, [bytes per category] per event]
+    totals = [sum(per_category) for per_category in sizes]
+    return (max(totals) - totals[0]) / 2**20 if totals else None
 
 
 def gemm_peak_gflops(device, dtype) -> float:

@@ -188,9 +188,9 @@ def winograd_atrous_conv3x3(x: Tensor, kernel: Tensor, rate: int, max_tiles: int
         for cols in phase_groups(width, rate):
             src, dst = _phase_view(x, rows, cols, rate), _phase_view(out, rows, cols, rate)
             row_phases, col_phases, count_h, count_w = src.shape[1:5]
-            tiles_per_row_phase = batch * col_phases * ((count_h + 1) // 2) * ((count_w + 1) // 2)
-            # Row phases per pass: about four chunks of tiles.
-            step = max(1, 4 * max_tiles // tiles_per_row_phase)
+            # Row phases per pass: as many as keep the zero-bordered maps within CHUNK_BYTES.
+            map_bytes = (2 * ((count_h + 1) // 2) + 2) * (2 * ((count_w + 1) // 2) + 2) * in_ch * x.element_size()
+            step = max(1, CHUNK_BYTES // (batch * col_phases * map_bytes))
             for a in range(0, row_phases, step):
                 taken = min(step, row_phases - a)
                 maps = batch * taken * col_phases
