@@ -52,8 +52,9 @@ SKIP_TAPS_BELOW = 0.92
 GEMM_MAX_PIXELS = 512
 # In inference a full 3x3 branch runs as Winograd when that takes at most this
 # share of the multiplications of its valid taps. Measured at 2048 -> 512
-# channels, Winograd ran at 0.8-0.9x of direct convolution's efficiency: at
-# shares of 0.76 and 0.65 it was 1.16x and 1.38x faster, at 0.95 1.14x slower.
+# channels against channels-last tap skipping: at shares of 0.76 and 0.65 it
+# was 1.13x and 1.23x faster (128x256, rates 36 and 24), at 0.95 1.11x slower
+# (64x128, rate 24).
 WINOGRAD_BELOW = 0.8
 
 DENSE, SKIP, GEMM, WINOGRAD = "dense", "skip", "gemm", "winograd"
