@@ -6,7 +6,8 @@ import torch.nn.functional as F
 from mmseg_aspp.atrous import effective_kernel, valid_tap_fraction
 from mmseg_aspp.atrous.conv import atrous_convs
 from mmseg_aspp.atrous.geometry import phase_groups, tap_span
-from mmseg_aspp.atrous.winograd import winograd_atrous_conv3x3, winograd_conv3x3, winograd_input, winograd_kernel
+from mmseg_aspp.atrous import winograd
+from mmseg_aspp.atrous.winograd import winograd_conv3x3, winograd_input, winograd_kernel
 
 
 @pytest.mark.parametrize("length", [1, 5, 16, 65])
@@ -94,17 +95,20 @@ def test_phase_groups_partition_the_axis(length, rate):
     assert sorted(positions) == list(range(length))
 
 
-# Rates that divide the map and that leave phases of two sizes on one or both axes;
-# passes of one, several and all row phases (max_tiles), a batch of two.
-@pytest.mark.parametrize("max_tiles", [None, 1, 5])
+# Rates that divide the map and that leave phases of two sizes on one or both axes, a batch
+# of two; passes of all row phases at once (default), of some (2000 bytes) and of one row
+# phase and one tile at a time (1 byte).
+@pytest.mark.parametrize("chunk_bytes", [None, 2000, 1])
 @pytest.mark.parametrize("shape, rate", [((1, 12, 12), 3), ((2, 13, 29), 3), ((1, 7, 5), 4),
                                          ((2, 9, 20), 12), ((1, 25, 18), 6), ((1, 6, 6), 1)])
-def test_winograd_atrous_conv3x3_equals_dilated_conv2d(shape, rate, max_tiles):
+def test_winograd_atrous_conv3x3_equals_dilated_conv2d(shape, rate, chunk_bytes, monkeypatch):
+    if chunk_bytes is not None:
+        monkeypatch.setattr(winograd, "CHUNK_BYTES", chunk_bytes)
     gen = torch.Generator().manual_seed(5)
     batch, height, width = shape
     x = torch.randn(batch, 6, height, width, generator=gen, dtype=torch.float64)
     weight = torch.randn(4, 6, 3, 3, generator=gen, dtype=torch.float64)
-    ours = winograd_atrous_conv3x3(x.permute(0, 2, 3, 1), winograd_kernel(weight), rate, max_tiles)
+    ours = winograd.winograd_atrous_conv3x3(x.permute(0, 2, 3, 1), winograd_kernel(weight), rate)
     ref = F.conv2d(x, weight, padding=rate, dilation=rate)
     torch.testing.assert_close(ours.permute(0, 3, 1, 2), ref, atol=1e-12, rtol=0)
 

@@ -98,11 +98,6 @@ def _winograd_tiles(padded: Tensor, kernel: Tensor, out: Tensor) -> None:
         _output_transform(*half[i], out[:, :, i, :, 0], out[:, :, i, :, 1])
 
 
-def _chunk_tiles(in_ch: int, out_ch: int, kernel: Tensor) -> int:
-    """Tiles whose 16 transformed copies fit ``CHUNK_BYTES``."""
-    return max(1, CHUNK_BYTES // (16 * max(in_ch, out_ch) * kernel.element_size()))
-
-
 def winograd_input(batch: int, channels: int, height: int, width: int, like: Tensor) -> tuple[Tensor, Tensor]:
     """A zero-bordered input buffer for ``winograd_conv3x3`` and its interior to fill.
 
@@ -145,7 +140,7 @@ def winograd_conv3x3(buffer: Tensor, kernel: Tensor, height: int, width: int,
     out_ch = kernel.shape[2]
     tiles_h, tiles_w = (height + 1) // 2, (width + 1) // 2
     if max_tiles is None:
-        max_tiles = _chunk_tiles(in_ch, out_ch, kernel)
+        max_tiles = max(1, CHUNK_BYTES // (16 * max(in_ch, out_ch) * kernel.element_size()))
     out = buffer.new_empty(batch, tiles_h, 2, tiles_w, 2, out_ch)
     for images, tile_rows in _tile_chunks(batch, tiles_h, tiles_w, max_tiles):
         buffer_rows = slice(2 * tile_rows.start, 2 * tile_rows.stop + 2)
@@ -164,25 +159,22 @@ def _phase_view(hwc: Tensor, rows: tuple[int, int, int], cols: tuple[int, int, i
                           (sn, sh, sw, rate * sh, rate * sw, sc), hwc.storage_offset() + a0 * sh + b0 * sw)
 
 
-def winograd_atrous_conv3x3(x: Tensor, kernel: Tensor, rate: int, max_tiles: int | None = None) -> Tensor:
+def winograd_atrous_conv3x3(x: Tensor, kernel: Tensor, rate: int) -> Tensor:
     """``conv2d(x, weight, padding=rate, dilation=rate)`` via F(2x2, 3x3) on each phase, without bias.
 
     The phases of equal size are gathered into a batch of small zero-bordered
-    maps, a few chunks of tiles at a time, so the extra memory stays bounded.
+    maps, about ``CHUNK_BYTES`` of them per pass, so the extra memory stays bounded.
 
     Args:
         x: Input (N, H, W, C), any strides (a permuted channels-last map is fastest).
         kernel: ``winograd_kernel(weight)`` in ``x``'s dtype.
         rate: Dilation (and padding) of the convolution.
-        max_tiles: Tiles transformed and multiplied at a time (see ``winograd_conv3x3``).
 
     Returns:
         (N, H, W, C_out).
     """
     batch, height, width, in_ch = x.shape
     out_ch = kernel.shape[2]
-    if max_tiles is None:
-        max_tiles = _chunk_tiles(in_ch, out_ch, kernel)
     out = x.new_empty(batch, height, width, out_ch)
     for rows in phase_groups(height, rate):
         for cols in phase_groups(width, rate):
@@ -197,6 +189,6 @@ def winograd_atrous_conv3x3(x: Tensor, kernel: Tensor, rate: int, max_tiles: int
                 buffer, interior = winograd_input(maps, in_ch, count_h, count_w, x)
                 interior.permute(0, 2, 3, 1).view(batch, taken, col_phases, count_h, count_w, in_ch).copy_(
                     src[:, a : a + taken])
-                result = winograd_conv3x3(buffer, kernel, count_h, count_w, max_tiles).permute(0, 2, 3, 1)
+                result = winograd_conv3x3(buffer, kernel, count_h, count_w).permute(0, 2, 3, 1)
                 dst[:, a : a + taken] = result.view(batch, taken, col_phases, count_h, count_w, out_ch)
     return out
