@@ -16,14 +16,18 @@ def _inputs(batch, height, width, seed=1, channels=16):
     return [torch.randn(batch, channels, height, width, generator=gen)]
 
 
+def _check_eval_matches(inputs, atol=ATOL, **head_overrides):
+    """Eval logits of twin heads (same weights) agree on ``inputs``."""
+    ours, upstream = twin_heads(**head_overrides)
+    ours.eval(), upstream.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(ours(inputs), upstream(inputs), atol=atol, rtol=0)
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dilations", RATE_SETS)
 def test_eval_logits_match(shape, dilations):
-    ours, upstream = twin_heads(dilations=dilations)
-    ours.eval(), upstream.eval()
-    inputs = _inputs(*shape)
-    with torch.no_grad():
-        torch.testing.assert_close(ours(inputs), upstream(inputs), atol=ATOL, rtol=0)
+    _check_eval_matches(_inputs(*shape), dilations=dilations)
 
 
 def _check_train_step_matches(ours, upstream, shape, channels=16):
@@ -73,11 +77,8 @@ BENCHMARK_RATES = (1, 12, 24, 36)
 @pytest.mark.parametrize("batch", [1, 2])
 @pytest.mark.parametrize("size", BENCHMARK_MAPS, ids=lambda s: f"{s[0]}x{s[1]}")
 def test_benchmark_shapes_eval_match(size, batch):
-    ours, upstream = twin_heads(dilations=BENCHMARK_RATES, in_channels=32, channels=16, num_classes=19)
-    ours.eval(), upstream.eval()
-    inputs = _inputs(batch, *size, channels=32)
-    with torch.no_grad():
-        torch.testing.assert_close(ours(inputs), upstream(inputs), atol=ATOL, rtol=0)
+    _check_eval_matches(_inputs(batch, *size, channels=32), dilations=BENCHMARK_RATES, in_channels=32,
+                        channels=16, num_classes=19)
 
 
 @pytest.mark.parametrize("size", BENCHMARK_MAPS, ids=lambda s: f"{s[0]}x{s[1]}")
@@ -89,21 +90,15 @@ def test_benchmark_shapes_train_step_match(size):
 @pytest.mark.parametrize("shape", [(1, 64, 128), (2, 16, 16)])
 def test_full_width_eval_logits_within_1e4(shape):
     # DeepLabV3's real head width: 2048 input channels, 512 in every branch.
-    ours, upstream = twin_heads(dilations=BENCHMARK_RATES, in_channels=2048, channels=512, num_classes=19)
-    ours.eval(), upstream.eval()
-    inputs = _inputs(*shape, channels=2048)
-    with torch.no_grad():
-        torch.testing.assert_close(ours(inputs), upstream(inputs), atol=1e-4, rtol=0)
+    _check_eval_matches(_inputs(*shape, channels=2048), atol=1e-4, dilations=BENCHMARK_RATES, in_channels=2048,
+                        channels=512, num_classes=19)
 
 
 def test_multi_input_transform_matches():
     overrides = dict(in_channels=[8, 8], in_index=[0, 1], input_transform="resize_concat")
-    ours, upstream = twin_heads(**overrides)
-    ours.eval(), upstream.eval()
     gen = torch.Generator().manual_seed(3)
     inputs = [torch.randn(1, 8, 12, 12, generator=gen), torch.randn(1, 8, 6, 6, generator=gen)]
-    with torch.no_grad():
-        torch.testing.assert_close(ours(inputs), upstream(inputs), atol=ATOL, rtol=0)
+    _check_eval_matches(inputs, **overrides)
 
 
 @pytest.mark.parametrize("shape", [(1, 16, 16), (2, 8, 12), (1, 5, 30)])
@@ -115,11 +110,7 @@ def test_small_map_gemm_path_matches_in_inference(shape):
     assert batch * height * width <= GEMM_MAX_PIXELS
     dilations = (1, 4, 7, 24)
     assert GEMM in {p.mode for p in plan_branches(height, width, dilations, batch, True)}
-    ours, upstream = twin_heads(dilations=dilations)
-    ours.eval(), upstream.eval()
-    inputs = _inputs(*shape)
-    with torch.no_grad():
-        torch.testing.assert_close(ours(inputs), upstream(inputs), atol=ATOL, rtol=0)
+    _check_eval_matches(_inputs(*shape), dilations=dilations)
 
 
 @pytest.mark.parametrize("shape", [(1, 40, 52), (2, 27, 33)])
@@ -131,11 +122,7 @@ def test_phase_winograd_path_matches_in_inference(shape):
     dilations = (1, 3, 6, 12)
     modes = [p.mode for p in plan_branches(height, width, dilations, batch, True)]
     assert modes.count(WINOGRAD) >= 2, modes
-    ours, upstream = twin_heads(dilations=dilations)
-    ours.eval(), upstream.eval()
-    inputs = _inputs(*shape)
-    with torch.no_grad():
-        torch.testing.assert_close(ours(inputs), upstream(inputs), atol=ATOL, rtol=0)
+    _check_eval_matches(_inputs(*shape), dilations=dilations)
 
 
 def test_branch_batch_norm_on_channels_last_conv_output_matches_mmseg():

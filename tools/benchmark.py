@@ -135,13 +135,17 @@ def head_valid_macs(batch: int, height: int, width: int) -> float:
     return macs + pixels * CHANNELS * NUM_CLASSES
 
 
+def step_flops(mode: str, macs: float) -> float:
+    """FLOPs of a forward (eval) or forward + backward (train, about 3x) over ``macs``."""
+    return 2 * macs * (1 if mode == "eval" else 3)
+
+
 def model_flops(mode: str, batch: int, height: int, width: int) -> float:
     """Rough FLOPs of a whole-model step, for the progress estimate only.
 
     The ASPP head is about half of DeepLabV3 R101-D8's work at output stride 8.
     """
-    head = 2 * head_valid_macs(batch, height // 8, width // 8)
-    return 2 * head * (1 if mode == "eval" else 3)
+    return 2 * step_flops(mode, head_valid_macs(batch, height // 8, width // 8))
 
 
 def planned_work(args, impls: int) -> float:
@@ -153,7 +157,7 @@ def planned_work(args, impls: int) -> float:
             macs = head_valid_macs(batch, height, width)
             for mode in args.modes:
                 if not (mode == "train" and batch == 1):
-                    total += 2 * macs * (1 if mode == "eval" else 3) * impls * (args.repeats + 2)
+                    total += step_flops(mode, macs) * impls * (args.repeats + 2)
     if not args.no_model:
         total += sum(2 * model_flops(mode, batch, h, w) * (args.repeats + 2) for _, mode, batch, (h, w) in MODEL_CASES)
     return total
@@ -214,7 +218,7 @@ def run_heads(args, heads, device, peak, rows, progress):
             for mode in args.modes:
                 if mode == "train" and batch == 1:
                     continue  # BN in the image-pool branch cannot train on one sample
-                flops = 2 * macs * (1 if mode == "eval" else 3)
+                flops = step_flops(mode, macs)
                 variants = {}  # impl -> (head name, compute dtype or None for fp32, precision label)
                 for name, head in heads.items():
                     head.load_state_dict(initial[name])

@@ -17,9 +17,8 @@ Every step is exact (same parameters, same function up to float rounding):
 * in inference the rest of the bottleneck runs as Winograd F(2x2, 3x3)
   (``winograd.py``): 2.25x fewer multiplications; each normalised branch is
   written straight into its padded input and freed, so no concatenation is
-  built; the branches share one
-  channels-last copy of the input, made in the same pass as the cast to the
-  compute dtype.
+  built; the branches share one channels-last copy of the input, made in the
+  same pass as the cast to the compute dtype.
 
 When the forward is captured as a graph (ONNX export, ``torch.jit.trace``,
 ``torch.export``) the plain formula in ``reference.py`` runs instead: the

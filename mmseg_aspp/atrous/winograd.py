@@ -98,6 +98,11 @@ def _winograd_tiles(padded: Tensor, kernel: Tensor, out: Tensor) -> None:
         _output_transform(*half[i], out[:, :, i, :, 0], out[:, :, i, :, 1])
 
 
+def _padded_length(length: int) -> int:
+    """Rows (or columns) of a zero-bordered input: whole 2-wide tiles plus a border of one."""
+    return 2 * ((length + 1) // 2) + 2
+
+
 def winograd_input(batch: int, channels: int, height: int, width: int, like: Tensor) -> tuple[Tensor, Tensor]:
     """A zero-bordered input buffer for ``winograd_conv3x3`` and its interior to fill.
 
@@ -112,8 +117,7 @@ def winograd_input(batch: int, channels: int, height: int, width: int, like: Ten
         ``(buffer, interior)``: the (N, 2 * ceil(H/2) + 2, 2 * ceil(W/2) + 2, C)
         buffer, and a (N, C, H, W) view of its interior.
     """
-    tiles_h, tiles_w = (height + 1) // 2, (width + 1) // 2
-    buffer = like.new_empty(batch, 2 * tiles_h + 2, 2 * tiles_w + 2, channels)
+    buffer = like.new_empty(batch, _padded_length(height), _padded_length(width), channels)
     # Only the border (and the rounding up to whole tiles) is cleared; the caller writes the rest.
     buffer[:, 0].zero_()
     buffer[:, height + 1 :].zero_()
@@ -181,7 +185,7 @@ def winograd_atrous_conv3x3(x: Tensor, kernel: Tensor, rate: int) -> Tensor:
             src, dst = _phase_view(x, rows, cols, rate), _phase_view(out, rows, cols, rate)
             row_phases, col_phases, count_h, count_w = src.shape[1:5]
             # Row phases per pass: as many as keep the zero-bordered maps within CHUNK_BYTES.
-            map_bytes = (2 * ((count_h + 1) // 2) + 2) * (2 * ((count_w + 1) // 2) + 2) * in_ch * x.element_size()
+            map_bytes = _padded_length(count_h) * _padded_length(count_w) * in_ch * x.element_size()
             step = max(1, CHUNK_BYTES // (batch * col_phases * map_bytes))
             for a in range(0, row_phases, step):
                 taken = min(step, row_phases - a)
