@@ -103,7 +103,8 @@ def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu", *, 
     Raises:
         FileNotFoundError: The file does not exist.
         UnsafeCheckpointError: The file references a global outside the allowlist.
-        DamagedCheckpointError: The file is truncated or not a checkpoint.
+        DamagedCheckpointError: Reading the file failed in any other way (truncated,
+            corrupt, not a checkpoint); the message gives the file, its size and the reason.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -126,7 +127,7 @@ def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu", *, 
             f"was executed. If you trust the file, pass --unsafe-load to the tools "
             f"(load_checkpoint_file(..., unsafe=True) in Python)."
         ) from err
-    except (RuntimeError, EOFError, ValueError, OSError) as err:
+    except Exception as err:  # noqa: BLE001  damaged bytes make torch's reader fail in any way
         raise _damaged(path, err) from err
 
 
@@ -135,7 +136,7 @@ def _damaged(path: str, err: BaseException) -> DamagedCheckpointError:
     paragraphs = [p.strip() for p in str(err).split("\n\n") if p.strip()]
     if len(paragraphs) > 1 and paragraphs[0].startswith("Weights only load failed"):
         paragraphs = paragraphs[1:]
-    reason = paragraphs[0].splitlines()[0] if paragraphs else type(err).__name__
+    reason = f"{type(err).__name__}: {paragraphs[0].splitlines()[0]}" if paragraphs else type(err).__name__
     return DamagedCheckpointError(
         f"cannot read checkpoint {path} ({os.path.getsize(path)} bytes): it is truncated, corrupt or "
         f"not a PyTorch checkpoint ({reason}). Download or copy it again."

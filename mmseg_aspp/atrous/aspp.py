@@ -27,8 +27,9 @@ captured graph would hard-wire them for the example input's size.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from functools import lru_cache
-from typing import NamedTuple, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -78,9 +79,29 @@ def winograd_share(height: int, width: int, rate: int) -> float:
     return 16 * tiles(height) * tiles(width) / valid
 
 
+_forced_mode: str | None = None
+
+
+@contextmanager
+def forced_branch_mode(mode: str | None) -> Iterator[None]:
+    """Run every atrous branch that can take it as ``mode`` (tests prove each path this way).
+
+    Winograd applies only to full 3x3 kernels in inference; branches it cannot
+    take keep their usual plan. ``None`` restores the usual plans.
+    """
+    global _forced_mode
+    if mode not in (None, DENSE, SKIP, GEMM, WINOGRAD):
+        raise ValueError(f"unknown branch mode {mode!r}; use one of {DENSE!r}, {SKIP!r}, {GEMM!r}, {WINOGRAD!r}")
+    previous, _forced_mode = _forced_mode, mode
+    try:
+        yield
+    finally:
+        _forced_mode = previous
+
+
 @lru_cache(maxsize=256)
 def plan_branches(height: int, width: int, rates: tuple[int, ...], batch: int,
-                  inference: bool) -> tuple[BranchPlan, ...]:
+                  inference: bool, forced: str | None = None) -> tuple[BranchPlan, ...]:
     """How each branch runs at a map size (cached); ``inference``: autograd is off."""
     small = batch * height * width <= GEMM_MAX_PIXELS
     plans = []
@@ -92,7 +113,9 @@ def plan_branches(height: int, width: int, rates: tuple[int, ...], batch: int,
         is_1x1 = rows.stop - rows.start == 1 and cols.stop - cols.start == 1
         is_3x3 = rows.stop - rows.start == 3 and cols.stop - cols.start == 3
         fraction = valid_tap_fraction(height, rate) * valid_tap_fraction(width, rate)
-        if is_1x1:
+        if forced is not None and (forced != WINOGRAD or (inference and is_3x3)):
+            mode = forced
+        elif is_1x1:
             mode = DENSE
         elif inference and is_3x3 and not small and winograd_share(height, width, rate) <= WINOGRAD_BELOW:
             mode = WINOGRAD
@@ -221,7 +244,7 @@ def aspp_features(
     if is_capturing():
         return aspp_features_reference(x, pool_layer, branches, bottleneck)
     batch, _, height, width = x.shape
-    plans = plan_branches(height, width, rates, batch, not torch.is_grad_enabled())
+    plans = plan_branches(height, width, rates, batch, not torch.is_grad_enabled(), _forced_mode)
     pooled = pool_layer(F.adaptive_avg_pool2d(x, 1)).flatten(1)
     convs = _branch_convs(_branch_input(x), branches, plans)
 
