@@ -186,6 +186,8 @@ def install_safe_loading(unsafe: bool = False) -> None:
     """
     from mmengine.runner import checkpoint as mmengine_checkpoint
 
+    allow_mmengine_checkpoints()  # plain torch.load(weights_only=True) accepts them too
+
     def load_local(filename: str, map_location: Any = None) -> dict:
         return load_checkpoint_file(os.path.expanduser(filename), map_location, unsafe=unsafe)
 

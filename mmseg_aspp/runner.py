@@ -1,15 +1,30 @@
-"""mmengine's Runner with crash-safe checkpoints and lossless resume.
+"""mmengine's Runner with safe loading, checked data, crash-safe checkpoints and lossless resume.
 
+Our configs select it with ``runner_type = 'mmseg_aspp.ReliableRunner'``, so a run
+started by our tools or by mmseg's own ``tools/train.py`` (which builds
+``RUNNERS.build(cfg)`` when a config names a runner type) gets all of it:
+
+* Checkpoints are read with ``torch.load(weights_only=True)`` only
+  (``checkpoint.install_safe_loading``; ``unsafe_load=True`` in the config allows
+  trusted legacy files) and checked against the model: differing shapes or
+  missing parameters are an error naming the keys, not a log warning.
 * Checkpoints are written to a hidden temporary file and renamed into place,
-  so a run killed mid-save never leaves a half-written ``iter_N.pth``.
+  so a run killed mid-save never leaves a half-written ``iter_N.pth``; resuming
+  picks the newest complete file.
 * Each checkpoint also stores the RNG states, restored on resume: a killed and
   resumed run draws the same dropout masks and augmentations as an
   uninterrupted one (see ``RngStateHook`` for the one exception).
-* Loaded checkpoints are checked against the model: differing shapes or
-  missing parameters are an error naming the keys, not a log warning.
+* Dataset folders are checked before anything is built, and unreadable images
+  or out-of-range labels fail with the file's name (``data.checks``).
+* GPU recipes run on CPU: SyncBN becomes BN, and multi-process runs use gloo.
+
+The checkpoint and data checks are hooks, also listed in the configs'
+``custom_hooks``, so runners built without ``runner_type`` (mmseg's
+``tools/test.py`` calls ``Runner.from_cfg``) apply them too.
 """
 from __future__ import annotations
 
+import copy
 import glob
 import os
 import random
@@ -17,12 +32,17 @@ import re
 
 import numpy as np
 import torch
+from mmengine.config import Config
 from mmengine.dist import master_only
 from mmengine.hooks import Hook
+from mmengine.logging import print_log
 from mmengine.runner import Runner
 from torch import nn
 
-from .checkpoint import check_state_dict_matches
+from .checkpoint import check_state_dict_matches, install_safe_loading
+from .data import check_dataset_paths, check_loading
+from .registry import HOOKS, RUNNERS
+from .runtime import prepare_config
 
 PARTIAL_SUFFIX = ".partial"
 
@@ -101,29 +121,77 @@ def _set_torch_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+@HOOKS.register_module()
 class CheckpointGuardHook(Hook):
-    """Refuse a checkpoint whose parameters do not fit the model (testing, resuming).
-
-    Args:
-        path: The checkpoint file, named in the error.
-    """
-
-    def __init__(self, path: str) -> None:
-        self.path = path
+    """Refuse a checkpoint whose parameters do not fit the model (testing, resuming)."""
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         model = runner.model
         while isinstance(getattr(model, "module", None), nn.Module):  # DDP, TTA wrappers
             model = model.module
-        check_state_dict_matches(model, checkpoint.get("state_dict", checkpoint), self.path)
+        path = getattr(runner, "_load_from", None) or "the checkpoint"
+        check_state_dict_matches(model, checkpoint.get("state_dict", checkpoint), path)
 
 
+@HOOKS.register_module()
+class DataCheckHook(Hook):
+    """Wrap the loaders of every dataloader's pipeline with ``data.checks.CheckedLoading``."""
+
+    priority = "VERY_HIGH"
+
+    def before_train(self, runner) -> None:
+        check_loading(runner.train_dataloader.dataset)
+
+    def before_val(self, runner) -> None:
+        check_loading(runner.val_dataloader.dataset)
+
+    def before_test(self, runner) -> None:
+        check_loading(runner.test_dataloader.dataset)
+
+
+@RUNNERS.register_module()
 class ReliableRunner(Runner):
-    """``Runner`` whose checkpoints are written atomically and carry RNG states."""
+    """``Runner`` with safe loading, checked data, atomic checkpoints and bitwise resume."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.register_hook(RngStateHook())
+        registered = {type(hook) for hook in self.hooks}
+        for hook in (RngStateHook, CheckpointGuardHook, DataCheckHook):
+            if hook not in registered:
+                self.register_hook(hook())
+
+    @classmethod
+    def from_cfg(cls, cfg: Config) -> "ReliableRunner":
+        """Build from a config, adapted to the devices at hand and checked before anything is built.
+
+        Args:
+            cfg: A full config; ``launcher``, ``resume``, ``load_from`` and ``unsafe_load``
+                are read as mmseg's tools and ours set them.
+        """
+        cfg = copy.deepcopy(cfg)
+        prepare_config(cfg, cfg.get("launcher", "none"))
+        install_safe_loading(unsafe=cfg.get("unsafe_load", False))
+        if cfg.get("resume") and not cfg.get("load_from"):
+            # The newest complete checkpoint file, rather than mmengine's
+            # last_checkpoint pointer, which a kill can leave empty.
+            cfg.load_from = latest_checkpoint(cfg.work_dir)
+            if cfg.load_from is None:
+                print_log(f"resume: no checkpoint in {cfg.work_dir} yet; starting from iteration 0",
+                          logger="current")
+        return super().from_cfg(cfg)
+
+    # Each loop's dataset folders are checked when the loop is built, before its data is.
+    def build_train_loop(self, loop):
+        check_dataset_paths(self.cfg, ("train_dataloader",))
+        return super().build_train_loop(loop)
+
+    def build_val_loop(self, loop):
+        check_dataset_paths(self.cfg, ("val_dataloader",))
+        return super().build_val_loop(loop)
+
+    def build_test_loop(self, loop):
+        check_dataset_paths(self.cfg, ("test_dataloader",))
+        return super().build_test_loop(loop)
 
     @master_only
     def save_checkpoint(self, out_dir: str, filename: str, *args, **kwargs) -> None:

@@ -31,7 +31,7 @@ def replace_sync_bn(node):
 
 
 def load_config(path: str, cfg_options: dict | None, launcher: str, work_dir: str | None) -> Config:
-    """Read a config for the tools: overrides merged, devices adapted, work dir set.
+    """Read a config for the tools: overrides merged, launcher and work dir set.
 
     Args:
         path: Config file.
@@ -42,7 +42,7 @@ def load_config(path: str, cfg_options: dict | None, launcher: str, work_dir: st
     cfg = Config.fromfile(path)  # imports mmseg_aspp through custom_imports
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
-    prepare_config(cfg, launcher)
+    cfg.launcher = launcher
     name = os.path.splitext(os.path.basename(path))[0]
     cfg.work_dir = work_dir or cfg.get("work_dir") or os.path.join("./work_dirs", name)
     return cfg

@@ -1,6 +1,7 @@
 import os
 import random
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -28,3 +29,17 @@ def data_root(tmp_path_factory):
     from tooling import make_data_root
 
     return make_data_root(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def trained_demo(tmp_path_factory, data_root):
+    """The demo config trained by our tools/train.py for 4 iterations (checkpoints at 2 and 4).
+
+    Shared read-only: tests that continue the run copy ``work_dir`` first.
+    """
+    from tooling import DEMO_CS, TOOLS, run_tool, small_config
+
+    tmp = tmp_path_factory.mktemp("trained_demo")
+    config = small_config(tmp, DEMO_CS, data_root, iters=4)
+    log = run_tool(os.path.join(TOOLS, "train.py"), config, "--work-dir", str(tmp / "work"))
+    return SimpleNamespace(config=config, work_dir=tmp / "work", log=log)

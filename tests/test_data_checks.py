@@ -1,10 +1,20 @@
-"""Checked loading transforms and dataset path checks name the file and the problem."""
+"""Checked loading and dataset path checks name the file and the problem."""
 import cv2
 import numpy as np
 import pytest
+from mmcv.transforms import LoadImageFromFile
 from mmengine.config import Config
+from mmseg.datasets.transforms import LoadAnnotations
 
-from mmseg_aspp.data import CheckedLoadAnnotations, CheckedLoadImageFromFile, DatasetError, check_dataset_paths
+from mmseg_aspp.data import CheckedLoading, DatasetError, check_dataset_paths, check_loading
+
+
+def CheckedLoadImageFromFile():
+    return CheckedLoading(LoadImageFromFile())
+
+
+def CheckedLoadAnnotations(num_classes=None, **kwargs):
+    return CheckedLoading(LoadAnnotations(**kwargs), num_classes)
 
 
 def _label_results(path, **extra):
@@ -15,13 +25,13 @@ def test_image_loader_names_corrupt_and_missing_files(tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\ngarbage")
     with pytest.raises(DatasetError, match=f"cannot read image {bad}"):
-        CheckedLoadImageFromFile().transform(dict(img_path=str(bad)))
+        CheckedLoadImageFromFile()(dict(img_path=str(bad)))
     missing = tmp_path / "missing.png"
     with pytest.raises(DatasetError, match=f"cannot read image {missing}"):
-        CheckedLoadImageFromFile().transform(dict(img_path=str(missing)))
+        CheckedLoadImageFromFile()(dict(img_path=str(missing)))
     good = tmp_path / "good.png"
     cv2.imwrite(str(good), np.zeros((4, 5, 3), np.uint8))
-    assert CheckedLoadImageFromFile().transform(dict(img_path=str(good)))["img"].shape == (4, 5, 3)
+    assert CheckedLoadImageFromFile()(dict(img_path=str(good)))["img"].shape == (4, 5, 3)
 
 
 def test_label_loader_checks_readability_channels_and_values(tmp_path):
@@ -68,3 +78,24 @@ def test_dataset_paths_are_checked_through_dataset_wrappers(tmp_path):
     check_dataset_paths(cfg, ("val_dataloader", "test_dataloader"))  # absent loaders are skipped
     with pytest.raises(DatasetError, match=r"aug.txt \(train_dataloader.dataset.datasets.1.dataset.ann_file"):
         check_dataset_paths(cfg, ("train_dataloader",))
+
+
+def test_dataset_pipelines_get_checked_loaders_with_the_datasets_classes(data_root):
+    """Configs keep mmseg's transform names; the built pipelines, TTA included, are wrapped."""
+    from mmseg.registry import DATASETS
+
+    tta = dict(type="TestTimeAug", transforms=[[dict(type="LoadAnnotations")], [dict(type="PackSegInputs")]])
+    dataset = DATASETS.build(dict(
+        type="ConcatDataset", datasets=[dict(
+            type="CityscapesDataset", data_root=str(data_root / "cityscapes"),
+            data_prefix=dict(img_path="leftImg8bit/train", seg_map_path="gtFine/train"),
+            pipeline=[dict(type="LoadImageFromFile"), tta])]))
+    check_loading(dataset)
+    check_loading(dataset)  # idempotent
+    pipeline = dataset.datasets[0].pipeline
+    image_loader = pipeline.transforms[0]
+    label_loader = pipeline.transforms[1].subroutines[0].transforms[0]
+    assert isinstance(image_loader, CheckedLoading) and isinstance(image_loader.transform, LoadImageFromFile)
+    assert isinstance(label_loader, CheckedLoading) and isinstance(label_loader.transform, LoadAnnotations)
+    assert (label_loader.num_classes, label_loader.ignore_index) == (19, 255)  # from CityscapesDataset
+    assert dataset[0]["inputs"]  # still loads

@@ -49,3 +49,12 @@ def test_non_4d_input_is_rejected():
 def test_unsupported_conv_cfg_is_rejected():
     with pytest.raises(ValueError, match="conv_cfg"):
         MODELS.build(head_cfg("ours", conv_cfg=dict(type="Conv3d")))
+
+
+@pytest.mark.parametrize("impl", ["ours", "upstream"])
+def test_bad_dilations_are_an_assertion_error_as_in_mmseg(impl):
+    # mmseg's own head test expects AssertionError for dilations=1; code catching it keeps working.
+    with pytest.raises(AssertionError) as err:
+        MODELS.build(head_cfg(impl, dilations=1))
+    if impl == "ours":
+        assert "dilations must be a non-empty list or tuple" in str(err.value)

@@ -10,6 +10,8 @@ TOOLS = os.path.join(ROOT, "tools")
 DEMO_CS = os.path.join(ROOT, "configs", "demo", "deeplabv3_r18-d8_1xb4-600it_synthetic-cityscapes-128x256.py")
 DEMO_VOC = os.path.join(ROOT, "configs", "demo", "deeplabv3_r18-d8_1xb4-600it_synthetic-voc-128x128.py")
 TWIN_CS = os.path.join(ROOT, "configs", "deeplabv3_upstream", os.path.basename(DEMO_CS))
+# mmseg ships its own tools/train.py and tools/test.py inside the package.
+MMSEG_TOOLS = os.path.join(os.path.dirname(importlib.util.find_spec("mmseg").origin), ".mim", "tools")
 
 
 def _env():
@@ -62,7 +64,8 @@ test_dataloader = val_dataloader
 train_cfg = dict(max_iters={iters}, val_interval={iters})
 param_scheduler = [dict(type='PolyLR', eta_min=1e-4, power=0.9, begin=0, end=100, by_epoch=False)]
 default_hooks = dict(checkpoint=dict(interval=2, max_keep_ckpts=5), logger=dict(interval=1))
-custom_hooks = [dict(type='RankMarkerHook')]
+custom_hooks = [dict(type='mmseg_aspp.CheckpointGuardHook'), dict(type='mmseg_aspp.DataCheckHook'),
+                dict(type='RankMarkerHook')]
 {extra}
 """
     path = tmp_path / f"small_{os.path.basename(base)}"

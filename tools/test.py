@@ -15,12 +15,9 @@ import sys
 sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), ".."))
 
 from mmengine.config import Config, DictAction  # noqa: E402
-from mmengine.runner import Runner  # noqa: E402
 
-from mmseg_aspp.checkpoint import install_safe_loading  # noqa: E402
-from mmseg_aspp.data import check_dataset_paths  # noqa: E402
 from mmseg_aspp.output_stride import set_output_stride  # noqa: E402
-from mmseg_aspp.runner import CheckpointGuardHook  # noqa: E402
+from mmseg_aspp.runner import ReliableRunner  # noqa: E402
 from mmseg_aspp.runtime import load_config, tool_session  # noqa: E402
 
 
@@ -65,8 +62,7 @@ def main(argv=None) -> None:
             sys.exit(f"{what} not found: {path}")
     with tool_session():
         cfg = load_config(args.config, args.cfg_options, args.launcher, args.work_dir)
-        install_safe_loading(unsafe=args.unsafe_load)
-        check_dataset_paths(cfg, ("test_dataloader",))
+        cfg.unsafe_load = args.unsafe_load
         cfg.load_from = args.checkpoint
         if args.output_stride:
             old = set_output_stride(cfg.model, args.output_stride)
@@ -83,8 +79,7 @@ def main(argv=None) -> None:
             cfg.test_evaluator["output_dir"] = args.out
             cfg.test_evaluator["keep_results"] = True
 
-        runner = Runner.from_cfg(cfg)
-        runner.register_hook(CheckpointGuardHook(args.checkpoint))
+        runner = ReliableRunner.from_cfg(cfg)  # safe loading, checkpoint and data checks
         metrics = runner.test()
         if runner.rank == 0:
             path = osp.join(cfg.work_dir, "test_metrics.json")

@@ -16,9 +16,7 @@ import sys
 sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), ".."))
 
 from mmengine.config import DictAction  # noqa: E402
-from mmseg_aspp.checkpoint import install_safe_loading  # noqa: E402
-from mmseg_aspp.data import check_dataset_paths  # noqa: E402
-from mmseg_aspp.runner import CheckpointGuardHook, ReliableRunner, latest_checkpoint  # noqa: E402
+from mmseg_aspp.runner import ReliableRunner  # noqa: E402
 from mmseg_aspp.runtime import load_config, tool_session  # noqa: E402
 
 
@@ -53,19 +51,11 @@ def main(argv=None) -> None:
             if cfg.optim_wrapper.get("type") != "AmpOptimWrapper":
                 cfg.optim_wrapper.type = "AmpOptimWrapper"
                 cfg.optim_wrapper.setdefault("loss_scale", "dynamic")
-        install_safe_loading(unsafe=args.unsafe_load)
-        check_dataset_paths(cfg, ("train_dataloader", "val_dataloader"))
+        cfg.unsafe_load = args.unsafe_load
         cfg.resume = args.resume
-        if args.resume and not cfg.get("load_from"):
-            # The newest complete checkpoint file, rather than mmengine's
-            # last_checkpoint pointer, which a kill can leave empty.
-            cfg.load_from = latest_checkpoint(cfg.work_dir)
-            if cfg.load_from is None:
-                print(f"--resume: no checkpoint in {cfg.work_dir} yet; starting from iteration 0")
-        runner = ReliableRunner.from_cfg(cfg)
-        if args.resume and cfg.load_from:
-            runner.register_hook(CheckpointGuardHook(cfg.load_from))
-        runner.train()
+        # Safe loading, checked data, atomic checkpoints, bitwise resume from the newest
+        # complete checkpoint: what runner_type selects in our configs, whatever they name.
+        ReliableRunner.from_cfg(cfg).train()
 
 
 if __name__ == "__main__":

@@ -16,22 +16,22 @@ model = dict(
     auxiliary_head=dict(in_channels=128, channels=64, norm_cfg=norm_cfg))
 
 train_pipeline = [
-    dict(type='mmseg_aspp.CheckedLoadImageFromFile'),
-    dict(type='mmseg_aspp.CheckedLoadAnnotations', num_classes=19),
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations'),
     dict(type='RandomResize', scale=(512, 256), ratio_range=(0.75, 1.5), keep_ratio=True),
     dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
     dict(type='RandomFlip', prob=0.5),
     dict(type='PackSegInputs')
 ]
 test_pipeline = [
-    dict(type='mmseg_aspp.CheckedLoadImageFromFile'),
+    dict(type='LoadImageFromFile'),
     dict(type='Resize', scale=(512, 256), keep_ratio=True),
-    dict(type='mmseg_aspp.CheckedLoadAnnotations', num_classes=19),
+    dict(type='LoadAnnotations'),
     dict(type='PackSegInputs')
 ]
 img_ratios = [0.75, 1.0, 1.25]
 tta_pipeline = [
-    dict(type='mmseg_aspp.CheckedLoadImageFromFile', backend_args=None),
+    dict(type='LoadImageFromFile', backend_args=None),
     dict(
         type='TestTimeAug',
         transforms=[
@@ -40,7 +40,7 @@ tta_pipeline = [
                 dict(type='RandomFlip', prob=0., direction='horizontal'),
                 dict(type='RandomFlip', prob=1., direction='horizontal')
             ],
-            [dict(type='mmseg_aspp.CheckedLoadAnnotations', num_classes=19)],
+            [dict(type='LoadAnnotations')],
             [dict(type='PackSegInputs')],
         ])
 ]

@@ -16,17 +16,17 @@ model = dict(
     auxiliary_head=dict(in_channels=128, channels=64, num_classes=21, norm_cfg=norm_cfg))
 
 train_pipeline = [
-    dict(type='mmseg_aspp.CheckedLoadImageFromFile'),
-    dict(type='mmseg_aspp.CheckedLoadAnnotations', num_classes=21),
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations'),
     dict(type='RandomResize', scale=(320, 256), ratio_range=(0.75, 1.5), keep_ratio=True),
     dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
     dict(type='RandomFlip', prob=0.5),
     dict(type='PackSegInputs')
 ]
 test_pipeline = [
-    dict(type='mmseg_aspp.CheckedLoadImageFromFile'),
+    dict(type='LoadImageFromFile'),
     dict(type='Resize', scale=(320, 256), keep_ratio=True),
-    dict(type='mmseg_aspp.CheckedLoadAnnotations', num_classes=21),
+    dict(type='LoadAnnotations'),
     dict(type='PackSegInputs')
 ]
 train_dataloader = dict(

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from typing import Iterable, Iterator
 
-from .transforms import DatasetError
+from .checks import DatasetError
 
 
 def _datasets(node: dict, where: str) -> Iterator[tuple[dict, str]]:

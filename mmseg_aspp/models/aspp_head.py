@@ -20,15 +20,19 @@ class ASPPHeadError(MmsegAsppError, ValueError):
     """A bad head argument or input; the message says which and how to fix it."""
 
 
+class ASPPArgumentError(ASPPHeadError, AssertionError):
+    """A bad constructor argument; also an ``AssertionError``, which mmseg's head raises."""
+
+
 def _check_dilations(dilations: object) -> tuple[int, ...]:
     if not isinstance(dilations, (list, tuple)) or len(dilations) == 0:
-        raise ASPPHeadError(
+        raise ASPPArgumentError(
             f"dilations must be a non-empty list or tuple of positive ints, e.g. "
             f"(1, 12, 24, 36); got {dilations!r}"
         )
     bad = [d for d in dilations if isinstance(d, bool) or not isinstance(d, int) or d < 1]
     if bad:
-        raise ASPPHeadError(
+        raise ASPPArgumentError(
             f"dilations must be positive ints (1 means the 1x1 branch); "
             f"got {tuple(dilations)!r} with invalid value(s) {bad!r}"
         )
@@ -40,10 +44,10 @@ def _rates_for_output_stride(rates: tuple[int, ...], output_stride: int | None) 
     if output_stride is None:
         return rates
     if output_stride not in (8, 16, 32):
-        raise ASPPHeadError(f"output_stride must be 8, 16 or 32 (or None); got {output_stride!r}")
+        raise ASPPArgumentError(f"output_stride must be 8, 16 or 32 (or None); got {output_stride!r}")
     scaled = tuple(r if r == 1 else r * 16 / output_stride for r in rates)
     if any(r != int(r) or r < 1 for r in scaled):
-        raise ASPPHeadError(
+        raise ASPPArgumentError(
             f"dilations {rates} (given for output stride 16) do not scale to whole rates at "
             f"output_stride={output_stride}: got {scaled}")
     return tuple(int(r) for r in scaled)
@@ -65,7 +69,7 @@ def _check_channels(name: str, value: object) -> None:
     if not values or any(
         isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values
     ):
-        raise ASPPHeadError(f"{name} must be a positive int (or a list of them); got {value!r}")
+        raise ASPPArgumentError(f"{name} must be a positive int (or a list of them); got {value!r}")
 
 
 @MODELS.register_module()
@@ -107,7 +111,7 @@ class ASPPHead(BaseDecodeHead):
                 _check_channels(name, kwargs[name])
         super().__init__(**kwargs)
         if self.conv_cfg not in (None, {"type": "Conv2d"}, {"type": "Conv"}):
-            raise ASPPHeadError(
+            raise ASPPArgumentError(
                 f"ASPPHead supports plain convolutions only (conv_cfg=None); got "
                 f"conv_cfg={self.conv_cfg!r}"
             )

@@ -4,8 +4,8 @@ dataset_type = 'CityscapesDataset'
 data_root = 'data/cityscapes/'
 crop_size = (512, 1024)
 train_pipeline = [
-    dict(type='mmseg_aspp.CheckedLoadImageFromFile'),
-    dict(type='mmseg_aspp.CheckedLoadAnnotations', num_classes=19),
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations'),
     dict(type='RandomResize', scale=(2048, 1024), ratio_range=(0.5, 2.0), keep_ratio=True),
     dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
     dict(type='RandomFlip', prob=0.5),
@@ -13,14 +13,14 @@ train_pipeline = [
     dict(type='PackSegInputs')
 ]
 test_pipeline = [
-    dict(type='mmseg_aspp.CheckedLoadImageFromFile'),
+    dict(type='LoadImageFromFile'),
     dict(type='Resize', scale=(2048, 1024), keep_ratio=True),
-    dict(type='mmseg_aspp.CheckedLoadAnnotations', num_classes=19),
+    dict(type='LoadAnnotations'),
     dict(type='PackSegInputs')
 ]
 img_ratios = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
 tta_pipeline = [
-    dict(type='mmseg_aspp.CheckedLoadImageFromFile', backend_args=None),
+    dict(type='LoadImageFromFile', backend_args=None),
     dict(
         type='TestTimeAug',
         transforms=[
@@ -29,7 +29,7 @@ tta_pipeline = [
                 dict(type='RandomFlip', prob=0., direction='horizontal'),
                 dict(type='RandomFlip', prob=1., direction='horizontal')
             ],
-            [dict(type='mmseg_aspp.CheckedLoadAnnotations', num_classes=19)],
+            [dict(type='LoadAnnotations')],
             [dict(type='PackSegInputs')],
         ])
 ]
