@@ -16,6 +16,7 @@ sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), ".."))
 
 from mmengine.config import Config, DictAction  # noqa: E402
 
+from mmseg_aspp.data import check_dataset_paths  # noqa: E402
 from mmseg_aspp.output_stride import set_output_stride  # noqa: E402
 from mmseg_aspp.runner import ReliableRunner  # noqa: E402
 from mmseg_aspp.runtime import load_config, tool_session  # noqa: E402
@@ -62,6 +63,7 @@ def main(argv=None) -> None:
             sys.exit(f"{what} not found: {path}")
     with tool_session():
         cfg = load_config(args.config, args.cfg_options, args.launcher, args.work_dir)
+        check_dataset_paths(cfg, ("test_dataloader",))  # before anything is built
         cfg.unsafe_load = args.unsafe_load
         cfg.load_from = args.checkpoint
         if args.output_stride:

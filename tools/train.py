@@ -16,6 +16,7 @@ import sys
 sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), ".."))
 
 from mmengine.config import DictAction  # noqa: E402
+from mmseg_aspp.data import check_dataset_paths  # noqa: E402
 from mmseg_aspp.runner import ReliableRunner  # noqa: E402
 from mmseg_aspp.runtime import load_config, tool_session  # noqa: E402
 
@@ -51,6 +52,7 @@ def main(argv=None) -> None:
             if cfg.optim_wrapper.get("type") != "AmpOptimWrapper":
                 cfg.optim_wrapper.type = "AmpOptimWrapper"
                 cfg.optim_wrapper.setdefault("loss_scale", "dynamic")
+        check_dataset_paths(cfg, ("train_dataloader", "val_dataloader"))  # before anything is built
         cfg.unsafe_load = args.unsafe_load
         cfg.resume = args.resume
         # Safe loading, checked data, atomic checkpoints, bitwise resume from the newest

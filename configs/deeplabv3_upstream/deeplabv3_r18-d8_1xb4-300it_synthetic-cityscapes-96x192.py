@@ -1,0 +1,4 @@
+# Upstream baseline: identical to ../demo/deeplabv3_r18-d8_1xb4-300it_synthetic-cityscapes-96x192.py
+# except that the decode head is mmseg's own ASPPHead.
+_base_ = '../demo/deeplabv3_r18-d8_1xb4-300it_synthetic-cityscapes-96x192.py'
+model = dict(decode_head=dict(type='ASPPHead'))

@@ -1,4 +1,0 @@
-# Upstream baseline: identical to ../demo/deeplabv3_r18-d8_1xb4-600it_synthetic-cityscapes-128x256.py
-# except that the decode head is mmseg's own ASPPHead.
-_base_ = '../demo/deeplabv3_r18-d8_1xb4-600it_synthetic-cityscapes-128x256.py'
-model = dict(decode_head=dict(type='ASPPHead'))
