@@ -12,7 +12,7 @@ from mmengine.config import Config
 from mmseg.apis import MMSegInferencer, inference_model, init_model, show_result_pyplot
 from mmseg.apis.utils import _preprare_data
 
-from tooling import DEMO_CS, MMSEG_TOOLS, ROOT, run_tool, small_config
+from tooling import DEMO_CS, MMSEG_TOOLS, ROOT, load_tool, run_tool, small_config
 
 SHIPPED = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.py"), recursive=True))
 SHIPPED = [path for path in SHIPPED if "_base_" not in path]
@@ -118,3 +118,28 @@ def test_mmseg_test_tool_names_an_unreadable_label_map(tmp_path, data_root, trai
                     "--work-dir", str(tmp_path / "t"), check=False)
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0 and f"cannot read label map {label}" in output, output[-3000:]
+
+
+# ----------------------------------------------------------------- tools/infer.py
+def test_infer_tool_on_an_image_a_folder_and_a_video(tmp_path, trained_demo, images):
+    infer = load_tool("infer")
+    checkpoint = str(trained_demo.work_dir / "iter_4.pth")
+    infer.main([trained_demo.config, checkpoint, str(images / "a.png"), "--out-dir", str(tmp_path / "one")])
+    assert cv2.imread(str(tmp_path / "one" / "a.png")).shape == (96, 160, 3)
+
+    infer.main([trained_demo.config, checkpoint, str(images), "--out-dir", str(tmp_path / "all"), "--save-labels"])
+    assert sorted(os.listdir(tmp_path / "all")) == ["a.png", "a_labels.png", "b.png", "b_labels.png"]
+    labels = cv2.imread(str(tmp_path / "all" / "b_labels.png"), cv2.IMREAD_UNCHANGED)
+    assert labels.shape == (120, 90) and labels.max() < 19
+
+    video = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 5.0, (160, 96))
+    for name in ("a.png", "a.png", "a.png"):
+        writer.write(cv2.imread(str(images / name)))
+    writer.release()
+    infer.main([trained_demo.config, checkpoint, str(video), "--out-dir", str(tmp_path / "video")])
+    capture = cv2.VideoCapture(str(tmp_path / "video" / "clip_overlay.mp4"))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
+
+    with pytest.raises(SystemExit, match="input not found"):
+        infer.main([trained_demo.config, checkpoint, str(tmp_path / "nowhere.png")])
