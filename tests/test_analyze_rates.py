@@ -52,15 +52,15 @@ def tool():
 def test_cli_table_flags_degenerate_branches(tool, capsys):
     tool.main([DEMO_CS, "--infer-size", "64", "64"])
     out = capsys.readouterr().out
-    # 128x256 crop at output stride 8 -> 16x32; 64x64 -> 8x8
-    assert "train crop 128x256 -> feature map 16x32 (output stride 8)" in out
+    # 96x192 crop at output stride 8 -> 12x24; 64x64 -> 8x8
+    assert "train crop 96x192 -> feature map 12x24 (output stride 8)" in out
     assert "inference 64x64 (--infer-size) -> feature map 8x8" in out
     rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
-    # rate 6: (16 + 2*10)/48 * (32 + 2*26)/96 = 65.6% at train; (8 + 2*2)/24 squared = 25% on 8x8
-    assert "| 6 | 65.6% | 3x3 | 25.0% | 3x3 |" in out
-    assert "1x3 DEGENERATE (rate >= map height 16)" in rows["18"]
+    # rate 6: (12 + 2*6)/36 * (24 + 2*18)/72 = 55.6% at train; (8 + 2*2)/24 squared = 25% on 8x8
+    assert "| 6 | 55.6% | 3x3 | 25.0% | 3x3 |" in out
+    assert "1x3 DEGENERATE (rate >= map height 12)" in rows["18"]
     assert "1x1 DEGENERATE (rate >= map height 8 and width 8)" in rows["12"]
-    assert "degenerate branches: rate 18 at train (1x3); rate 12 at inference (1x1); " \
+    assert "degenerate branches: rate 12 at train (1x3); rate 18 at train (1x3); rate 12 at inference (1x1); " \
            "rate 18 at inference (1x1)" in out
 
 
