@@ -13,7 +13,7 @@ from mmengine.config import Config
 from mmseg.registry import MODELS
 
 from mmseg_aspp import load_checkpoint_file
-from tooling import DEMO_CS, MMSEG_TOOLS, TOOLS, free_port, run_tool, small_config
+from tooling import DEMO_CS, MMSEG_TOOLS, TOOLS, free_port, load_tool, run_tool, small_config
 
 TRAIN = os.path.join(TOOLS, "train.py")
 TEST = os.path.join(TOOLS, "test.py")
@@ -39,64 +39,74 @@ def weights(tmp_path_factory):
     return model.state_dict()
 
 
-def _failed(proc, *needles):
-    output = proc.stdout + proc.stderr
-    assert proc.returncode != 0, output[-3000:]
+@pytest.fixture(scope="module")
+def test_tool():
+    """tools/test.py run in this process: its failures here are the ones a user sees, without
+    paying a fresh interpreter per case (the subprocess runs below cover process-level behaviour)."""
+    return load_tool("test")
+
+
+def _fails(tool, *args, needles=()):
+    """Run ``tool.main(args)``; it must end with one of our messages (SystemExit), not a traceback."""
+    with pytest.raises(SystemExit) as ended:
+        tool.main([str(a) for a in args])
+    message = str(ended.value.code)
+    assert message.startswith("error: "), message  # tool_session turned our error into a message
     for needle in needles:
-        assert needle in output, f"{needle!r} not in:\n{output[-3000:]}"
-    assert "Traceback" not in output, output[-3000:]  # one clear message, no stack trace
-    return output
+        assert needle in message, f"{needle!r} not in: {message}"
+    return message
 
 
-def test_checkpoint_that_runs_code_is_refused_unless_unsafe_load(tmp_path, data_root, weights):
+def test_checkpoint_that_runs_code_is_refused_unless_unsafe_load(tmp_path, data_root, weights, test_tool):
     marker = tmp_path / "payload_ran"
     path = tmp_path / "evil.pth"
     torch.save({"state_dict": weights, "meta": {"note": _RunsCommand(f"touch {marker}")}}, path)
     config = small_config(tmp_path, DEMO_CS, data_root)
 
-    proc = run_tool(TEST, config, str(path), "--work-dir", str(tmp_path / "safe"), check=False)
-    _failed(proc, "refusing to load", str(path), "posix.system", "--unsafe-load")
+    _fails(test_tool, config, path, "--work-dir", tmp_path / "safe",
+           needles=("refusing to load", str(path), "posix.system", "--unsafe-load"))
     assert not marker.exists()
     assert not (tmp_path / "safe" / "test_metrics.json").exists()
 
     # The flag exists for trusted legacy files: the payload is real, and now runs.
-    log = run_tool(TEST, config, str(path), "--work-dir", str(tmp_path / "unsafe"), "--unsafe-load")
+    with pytest.warns(UserWarning, match="unsafe load"):
+        test_tool.main([config, str(path), "--work-dir", str(tmp_path / "unsafe"), "--unsafe-load"])
     assert marker.exists()
-    assert "unsafe load" in log
     assert (tmp_path / "unsafe" / "test_metrics.json").exists()
 
 
-def test_truncated_checkpoint_fails_clearly(tmp_path, data_root, weights):
+def test_truncated_checkpoint_fails_clearly(tmp_path, data_root, weights, test_tool):
     path = tmp_path / "cut.pth"
     torch.save({"state_dict": weights}, path)
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     config = small_config(tmp_path, DEMO_CS, data_root)
-    proc = run_tool(TEST, config, str(path), "--work-dir", str(tmp_path / "t"), check=False)
-    _failed(proc, "cannot read checkpoint", str(path), "truncated")
+    _fails(test_tool, config, path, "--work-dir", tmp_path / "t", needles=("cannot read checkpoint", str(path),
+                                                                           "truncated"))
     assert not (tmp_path / "t" / "test_metrics.json").exists()
 
 
-def test_checkpoint_for_other_num_classes_names_keys_and_shapes(tmp_path, data_root, weights):
+def test_checkpoint_for_other_num_classes_names_keys_and_shapes(tmp_path, data_root, weights, test_tool):
     path = tmp_path / "ok.pth"
     torch.save({"state_dict": weights}, path)
     config = small_config(tmp_path, DEMO_CS, data_root)
-    proc = run_tool(TEST, config, str(path), "--work-dir", str(tmp_path / "t"), "--cfg-options",
-                    "model.decode_head.num_classes=7", check=False)
-    out = _failed(proc, "does not fit", "decode_head.conv_seg.weight", "num_classes")
-    assert re.search(r"checkpoint \(19, \d+, 1, 1\), model \(7, \d+, 1, 1\)", out)
+    message = _fails(test_tool, config, path, "--work-dir", tmp_path / "t", "--cfg-options",
+                     "model.decode_head.num_classes=7",
+                     needles=("does not fit", "decode_head.conv_seg.weight", "num_classes"))
+    assert re.search(r"checkpoint \(19, \d+, 1, 1\), model \(7, \d+, 1, 1\)", message)
 
 
-def test_missing_dataset_directory_fails_before_building_anything(tmp_path, data_root, weights):
+def test_missing_dataset_directory_fails_before_building_anything(tmp_path, data_root, weights, test_tool):
     path = tmp_path / "ok.pth"
     torch.save({"state_dict": weights}, path)
     config = small_config(tmp_path, DEMO_CS, data_root)
     missing = tmp_path / "nowhere"
-    proc = run_tool(TEST, config, str(path), "--cfg-options", f"test_dataloader.dataset.data_root={missing}",
-                    check=False)
-    _failed(proc, "dataset path not found", str(missing), "data_root")
+    _fails(test_tool, config, path, "--work-dir", tmp_path / "t", "--cfg-options",
+           f"test_dataloader.dataset.data_root={missing}", needles=("dataset path not found", str(missing),
+                                                                     "data_root"))
+    assert not (tmp_path / "t").exists()  # no runner was built
 
 
-def test_corrupt_label_and_bad_values_name_the_file(tmp_path, data_root, weights):
+def test_corrupt_label_and_bad_values_name_the_file(tmp_path, data_root, weights, test_tool):
     root = tmp_path / "data"
     shutil.copytree(data_root / "cityscapes", root / "cityscapes")
     labels = sorted(glob.glob(str(root / "cityscapes" / "gtFine" / "val" / "*" / "*_labelTrainIds.png")))
@@ -106,16 +116,15 @@ def test_corrupt_label_and_bad_values_name_the_file(tmp_path, data_root, weights
 
     with open(labels[0], "wb") as f:
         f.write(b"\x89PNG\r\n\x1a\nnot really a png")
-    proc = run_tool(TEST, config, str(path), "--work-dir", str(tmp_path / "t"), check=False)
-    _failed(proc, "cannot read label map", labels[0])
+    _fails(test_tool, config, path, "--work-dir", tmp_path / "t", needles=("cannot read label map", labels[0]))
     assert not (tmp_path / "t" / "test_metrics.json").exists()
 
     import cv2
     import numpy as np
 
     cv2.imwrite(labels[0], np.full((64, 64), 40, np.uint8))
-    proc = run_tool(TEST, config, str(path), "--work-dir", str(tmp_path / "t"), check=False)
-    _failed(proc, labels[0], "values [40]", "outside 0..18")
+    _fails(test_tool, config, path, "--work-dir", tmp_path / "t", needles=(labels[0], "values [40]",
+                                                                           "outside 0..18"))
 
 
 def _final_miou(log):

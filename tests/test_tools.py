@@ -65,11 +65,9 @@ def test_train_test_resume_cityscapes_layout(tmp_path, trained_demo):
 def test_train_and_test_voc_layout(tmp_path, data_root):
     config = small_config(tmp_path, DEMO_VOC, data_root, iters=2)
     work_dir = str(tmp_path / "work")
-    run_tool(os.path.join(TOOLS, "train.py"), config, "--work-dir", work_dir)
-    run_tool(os.path.join(TOOLS, "test.py"), config, os.path.join(work_dir, "iter_2.pth"),
-             "--work-dir", str(tmp_path / "test"))
-    assert "mIoU" in json.load(open(tmp_path / "test" / "test_metrics.json"))
-    # The same weights evaluated at another output stride (the paper's OS16 -> OS8 switch, reversed).
+    assert "mIoU" in run_tool(os.path.join(TOOLS, "train.py"), config, "--work-dir", work_dir)
+    # VOC evaluated with the same weights at another output stride (the paper's OS16 -> OS8
+    # switch, reversed); evaluation at the trained stride already ran at the end of training.
     log = run_tool(os.path.join(TOOLS, "test.py"), config, os.path.join(work_dir, "iter_2.pth"),
                    "--work-dir", str(tmp_path / "os16"), "--output-stride", "16")
     assert "output stride 8 -> 16: backbone strides (1, 2, 2, 1), dilations (1, 1, 1, 2)" in log

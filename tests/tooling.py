@@ -36,9 +36,9 @@ def run_tool(*args, timeout=600, env=None, check=True):
 def make_data_root(tmp_path_factory):
     """Synthetic Cityscapes and VOC layouts, 4 train and 2 val images each."""
     root = tmp_path_factory.mktemp("data")
+    writer = load_tool("make_synthetic_data")
     for layout in ("cityscapes", "voc"):
-        run_tool(os.path.join(TOOLS, "make_synthetic_data.py"), layout, str(root / layout),
-                 "--train", "4", "--val", "2")
+        writer.main([layout, str(root / layout), "--train", "4", "--val", "2"])
     return root
 
 
