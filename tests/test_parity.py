@@ -13,8 +13,12 @@ import torch
 
 from helpers import (assert_float64_equal, assert_fp32_as_close_as_upstream, perturbed_at_fp32_rounding,
                      relative_error, seg_samples, twin_heads)
-from mmseg_aspp.atrous import aspp, conv, gemm, winograd
-from mmseg_aspp.atrous.aspp import DENSE, GEMM, SKIP, WINOGRAD, forced_branch_mode, plan_branches
+from mmseg_aspp.atrous import conv, gemm, winograd
+from mmseg_aspp.atrous.algorithms import dense as dense_algorithm
+from mmseg_aspp.atrous.algorithms import gemm as gemm_algorithm
+from mmseg_aspp.atrous.algorithms import ALGORITHMS
+from mmseg_aspp.atrous.aspp import plan
+from mmseg_aspp.atrous.planner import forced_algorithm
 
 F64 = torch.float64
 
@@ -59,56 +63,65 @@ CASES = {
 HEAD = dict(in_channels=8, channels=4, num_classes=3)
 
 
-def _forced_modes(case, mode, train):
+def _planned(case, forced, train):
+    """(problem and algorithm per branch, algorithm of the bottleneck) that a case runs with."""
     batch, height, width, rates = CASES[case]
-    return [p.mode for p in plan_branches(height, width, rates, batch, not train, mode)]
+    head = twin_heads(dilations=rates, **HEAD)[0]
+    x = torch.empty(batch, HEAD["in_channels"], height, width)
+    with forced_algorithm(forced), torch.set_grad_enabled(train):
+        branches, (_, last) = plan(x, head.aspp_modules, head.dilations, head.bottleneck, "heuristic")
+    return [(problem, algorithm.name) for problem, algorithm in branches], last.name
 
 
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
-@pytest.mark.parametrize("mode", [None, DENSE, SKIP, GEMM, WINOGRAD], ids=lambda m: m or "planned")
+@pytest.mark.parametrize("forced", [None, *ALGORITHMS], ids=lambda m: m or "planned")
 @pytest.mark.parametrize("case", CASES)
-def test_float64_equal_to_mmseg_on_every_path(case, mode, train):
-    if mode == WINOGRAD and (train or WINOGRAD not in _forced_modes(case, mode, train)):
-        pytest.skip("Winograd runs full 3x3 kernels in inference only")
+def test_float64_equal_to_mmseg_on_every_path(case, forced, train):
+    branches, last = _planned(case, forced, train)
+    if forced is not None and forced not in {name for _, name in branches} | {last}:
+        pytest.skip(f"{forced} takes no convolution here (Winograd: full 3x3 kernels in inference only)")
     batch, height, width, rates = CASES[case]
     ours, upstream = twin_heads(dilations=rates, **HEAD)
     ours.double(), upstream.double()
     inputs = _inputs(batch, height, width, HEAD["in_channels"], dtype=F64)
-    with forced_branch_mode(mode):
+    with forced_algorithm(forced):
         result = head_step(ours, inputs, train)
     assert_float64_equal(result, head_step(upstream, inputs, train))
 
 
-def test_every_path_is_forced_somewhere():
-    """The cases above make each mode, and each kernel crop, actually run."""
-    ran = {(mode, train): set() for mode in (DENSE, SKIP, GEMM, WINOGRAD) for train in (False, True)}
-    planned = set()
-    crops = set()
-    for case, (batch, height, width, rates) in CASES.items():
-        planned.update(p.mode for p in plan_branches(height, width, rates, batch, True))
-        for mode in (DENSE, SKIP, GEMM, WINOGRAD):
-            for train in (False, True):
-                for plan in plan_branches(height, width, rates, batch, not train, mode):
-                    ran[(plan.mode, train)].add(case)
-                    crops.add((plan.rows.stop - plan.rows.start, plan.cols.stop - plan.cols.start))
-    assert all(ran[(mode, False)] for mode in (DENSE, SKIP, GEMM, WINOGRAD))
-    assert all(ran[(mode, True)] for mode in (DENSE, SKIP, GEMM))
-    assert not ran[(WINOGRAD, True)]
-    assert planned == {DENSE, SKIP, GEMM, WINOGRAD}  # the planner's own choices in inference
+def test_every_algorithm_and_crop_is_forced_somewhere():
+    """The cases above make each algorithm run on branches and on the bottleneck, in eval
+    and (except Winograd) in training, on every kernel crop; and the heuristic's own plans
+    use every algorithm."""
+    ran, crops, planned = set(), set(), set()
+    for case in CASES:
+        for train in (False, True):
+            branches, last = _planned(case, None, train)
+            planned.update({name for _, name in branches} | {last})
+            for forced in ALGORITHMS:
+                branches, last = _planned(case, forced, train)
+                ran.update((name, "branch", train) for _, name in branches)
+                ran.add((last, "bottleneck", train))
+                crops.update(problem.kernel for problem, name in branches if name == forced)
+    for name in ALGORITHMS:
+        for train in (False, True) if name != "winograd" else (False,):
+            assert {(name, "branch", train), (name, "bottleneck", train)} <= ran, name
+    assert ("winograd", "branch", True) not in ran
     assert {(3, 3), (1, 3), (3, 1), (1, 1)} <= crops
+    assert planned == set(ALGORITHMS)
 
 
-def _break_dense(monkeypatch):  # the cropped kernel loses its bottom-right tap
-    real = aspp.prepared_weight
+def _break_dense(monkeypatch):  # every full kernel loses its bottom-right tap
+    real = dense_algorithm.prepared_weight
 
     def broken(weight, index, layout, dtype=None):
         out = real(weight, index, layout, dtype)
-        if layout == "contiguous" and len(index) == 4 and out.shape[-2:] == (3, 3):  # a branch kernel
+        if out.shape[-2:] == (3, 3):
             out = out.clone()
             out[..., 2, 2] = 0
         return out
 
-    monkeypatch.setattr(aspp, "prepared_weight", broken)
+    monkeypatch.setattr(dense_algorithm, "prepared_weight", broken)
 
 
 def _break_skip(monkeypatch):  # the weight gradient of one tap is lost
@@ -124,7 +137,7 @@ def _break_skip(monkeypatch):  # the weight gradient of one tap is lost
 
 def _break_gemm(monkeypatch):  # one tap reads one pixel too far
     real = gemm.kernel_offsets
-    monkeypatch.setattr(aspp, "kernel_offsets", lambda *a: [(dy, dx + (dy > 0)) for dy, dx in real(*a)])
+    monkeypatch.setattr(gemm_algorithm, "kernel_offsets", lambda *a: [(dy, dx + (dy > 0)) for dy, dx in real(*a)])
 
 
 def _break_winograd(monkeypatch):  # one phase-wise tile transform uses a wrong sign
@@ -137,14 +150,14 @@ def _break_winograd(monkeypatch):  # one phase-wise tile transform uses a wrong 
     monkeypatch.setattr(winograd, "_input_transform", broken)
 
 
-@pytest.mark.parametrize("mode, train, breaks", [
-    (DENSE, False, _break_dense), (SKIP, True, _break_skip), (GEMM, False, _break_gemm),
-    (WINOGRAD, False, _break_winograd)], ids=[DENSE, SKIP, GEMM, WINOGRAD])
-def test_float64_check_catches_a_broken_tap(mode, train, breaks, monkeypatch):
-    """The check above is sensitive: one wrong tap on any path fails it."""
+@pytest.mark.parametrize("forced, train, breaks", [
+    ("dense", False, _break_dense), ("skip", True, _break_skip), ("gemm", False, _break_gemm),
+    ("winograd", False, _break_winograd)], ids=["dense", "skip", "gemm", "winograd"])
+def test_float64_check_catches_a_broken_tap(forced, train, breaks, monkeypatch):
+    """The check above is sensitive: one wrong tap in any algorithm fails it."""
     breaks(monkeypatch)
     with pytest.raises(AssertionError, match="max error"):
-        test_float64_equal_to_mmseg_on_every_path("27x33", mode, train)
+        test_float64_equal_to_mmseg_on_every_path("27x33", forced, train)
 
 
 # ----------------------------------------------------------------- fp32 against float64

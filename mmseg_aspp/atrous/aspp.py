@@ -4,127 +4,35 @@ Every step is exact (same parameters, same function up to float rounding):
 
 * atrous branches drop kernel rows/columns that only read zero padding
   (a branch whose rate reaches the map size becomes 1x3, 3x1 or 1x1);
-* partially valid branches run channels-last, where the convolution skips
-  taps that fall outside the map, in forward and backward (``conv.py``); in
-  inference on small maps, where direct convolution is slow, they run as one
-  GEMM per tap over the pixels that tap reaches (``gemm.py``), and on maps
-  large for their rate as Winograd F(2x2, 3x3) on each phase of the map
-  (``winograd.py``), when that needs clearly fewer multiplications than the
-  taps that read the map;
 * the image-pool branch is constant over the map, so its share of the 3x3
   bottleneck is a per-pixel sum of at most nine projected vectors instead of
   a convolution over a broadcast map;
-* in inference the rest of the bottleneck runs as Winograd F(2x2, 3x3)
-  (``winograd.py``): 2.25x fewer multiplications; each normalised branch is
-  written straight into its padded input and freed, so no concatenation is
-  built; the branches share one channels-last copy of the input, made in the
-  same pass as the cast to the compute dtype.
+* each remaining convolution (the branches, and the bottleneck over the
+  normalised branches, fed to it one at a time) runs with the algorithm the
+  planner picks for its shape and device (``planner.py``, ``algorithms/``):
+  the plain convolution, channels-last tap skipping, per-tap GEMMs or
+  Winograd F(2x2, 3x3); in inference the branches share one copy of the input
+  in the layout they read, made in the same pass as the cast to the compute dtype.
 
 When the forward is captured as a graph (ONNX export, ``torch.jit.trace``,
-``torch.export``) the plain formula in ``reference.py`` runs instead: the
-choices above are made in Python from the map size at run time, so a
-captured graph would hard-wire them for the example input's size.
+``torch.export``) or the plan is ``"reference"``, the plain formula in
+``reference.py`` runs instead: the choices above are made in Python from the
+map size at run time, so a captured graph would hard-wire them for the example
+input's size.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from functools import lru_cache
-from typing import Iterator, NamedTuple, Sequence
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .conv import atrous_convs
-from .gemm import kernel_offsets, taps_conv_hwc
-from .geometry import effective_kernel, phase_groups, valid_tap_fraction
+from .algorithms import Algorithm, ConvProblem
+from .geometry import effective_kernel
+from .planner import choose, deterministic_requested, device_name, resolve_mode
 from .reference import aspp_features_reference, is_capturing
-from .weights import prepared_weight
-from .winograd import winograd_atrous_conv3x3, winograd_conv3x3, winograd_input
-
-# Below this 2-D valid-tap fraction a dilated conv is faster channels-last with
-# tap skipping; above it the plain dense (NCHW) convolution wins or ties.
-# Measured: at 128x256 rate 12 (0.91) channels-last takes 0.70x (bf16) and
-# 0.77x (fp32) of NCHW's time; at 64x128 rate 6 (0.91) 1.1x and 1.0x.
-SKIP_TAPS_BELOW = 0.92
-# Up to this many output pixels (batch x H x W) per-tap GEMMs beat direct
-# convolution in inference; with autograd their region-wise backward does not.
-GEMM_MAX_PIXELS = 512
-# In inference a full 3x3 branch runs as Winograd when that takes at most this
-# share of the multiplications of its valid taps. Measured at 2048 -> 512
-# channels against channels-last tap skipping: at shares of 0.76 and 0.65 it
-# was 1.13x and 1.23x faster (128x256, rates 36 and 24), at 0.95 1.11x slower
-# (64x128, rate 24).
-WINOGRAD_BELOW = 0.8
-
-DENSE, SKIP, GEMM, WINOGRAD = "dense", "skip", "gemm", "winograd"
-
-
-class BranchPlan(NamedTuple):
-    rows: slice
-    cols: slice
-    padding: tuple[int, int]
-    rate: int
-    mode: str  # DENSE: plain conv; SKIP: channels-last tap skipping; GEMM: per-tap GEMMs;
-    # WINOGRAD: F(2x2, 3x3) per phase
-
-
-def winograd_share(height: int, width: int, rate: int) -> float:
-    """Multiplications of a phase-wise Winograd 3x3 conv over those of its valid taps."""
-
-    def tiles(length: int) -> int:  # 2-wide tiles along an axis, over all phases
-        return sum((end - first) * ((count + 1) // 2) for first, end, count in phase_groups(length, rate))
-
-    valid = 9 * height * width * valid_tap_fraction(height, rate) * valid_tap_fraction(width, rate)
-    return 16 * tiles(height) * tiles(width) / valid
-
-
-_forced_mode: str | None = None
-
-
-@contextmanager
-def forced_branch_mode(mode: str | None) -> Iterator[None]:
-    """Run every atrous branch that can take it as ``mode`` (tests prove each path this way).
-
-    Winograd applies only to full 3x3 kernels in inference; branches it cannot
-    take keep their usual plan. ``None`` restores the usual plans.
-    """
-    global _forced_mode
-    if mode not in (None, DENSE, SKIP, GEMM, WINOGRAD):
-        raise ValueError(f"unknown branch mode {mode!r}; use one of {DENSE!r}, {SKIP!r}, {GEMM!r}, {WINOGRAD!r}")
-    previous, _forced_mode = _forced_mode, mode
-    try:
-        yield
-    finally:
-        _forced_mode = previous
-
-
-@lru_cache(maxsize=256)
-def plan_branches(height: int, width: int, rates: tuple[int, ...], batch: int,
-                  inference: bool, forced: str | None = None) -> tuple[BranchPlan, ...]:
-    """How each branch runs at a map size (cached); ``inference``: autograd is off."""
-    small = batch * height * width <= GEMM_MAX_PIXELS
-    plans = []
-    for rate in rates:
-        if rate == 1:
-            plans.append(BranchPlan(slice(0, 1), slice(0, 1), (0, 0), 1, DENSE))
-            continue
-        rows, cols, padding = effective_kernel(height, width, rate)
-        is_1x1 = rows.stop - rows.start == 1 and cols.stop - cols.start == 1
-        is_3x3 = rows.stop - rows.start == 3 and cols.stop - cols.start == 3
-        fraction = valid_tap_fraction(height, rate) * valid_tap_fraction(width, rate)
-        if forced is not None and (forced != WINOGRAD or (inference and is_3x3)):
-            mode = forced
-        elif is_1x1:
-            mode = DENSE
-        elif inference and is_3x3 and not small and winograd_share(height, width, rate) <= WINOGRAD_BELOW:
-            mode = WINOGRAD
-        elif fraction >= SKIP_TAPS_BELOW:
-            mode = DENSE
-        else:
-            mode = GEMM if inference and small else SKIP
-        plans.append(BranchPlan(rows, cols, padding, rate, mode))
-    return tuple(plans)
 
 
 @lru_cache(maxsize=256)
@@ -176,48 +84,48 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
     return x.dtype
 
 
-def _branch_input(x: Tensor) -> Tensor:
+def conv_problems(x: Tensor, rates: Sequence[int], branch_channels: int, out_channels: int,
+                  bottleneck_in: int) -> tuple[list[ConvProblem], ConvProblem]:
+    """The convolutions of one ASPP call: each branch's (kernel cropped to the taps that
+    read the map) and the bottleneck's over the concatenated branches."""
+    batch, in_channels, height, width = x.shape
+    common = dict(batch=batch, height=height, width=width, dtype=str(_compute_dtype(x)).removeprefix("torch."),
+                  device=x.device.type, device_name=device_name(x.device), grad=torch.is_grad_enabled(),
+                  deterministic=deterministic_requested())
+    branches = []
+    for rate in rates:
+        if rate == 1:  # the 1x1 branch
+            size, rows, cols, padding = 1, slice(0, 1), slice(0, 1), (0, 0)
+        else:
+            size, (rows, cols, padding) = 3, effective_kernel(height, width, rate)
+        branches.append(ConvProblem(in_channels=in_channels, out_channels=branch_channels, kernel_size=size,
+                                    rows=(rows.start, rows.stop), cols=(cols.start, cols.stop),
+                                    padding=padding, rate=rate, **common))
+    bottleneck = ConvProblem(in_channels=bottleneck_in, out_channels=out_channels, kernel_size=3, rows=(0, 3),
+                             cols=(0, 3), padding=(1, 1), rate=1, **common)
+    return branches, bottleneck
+
+
+def plan(x: Tensor, branches: Sequence[nn.Module], rates: Sequence[int], bottleneck: nn.Module,
+         mode: str = "auto") -> tuple[list[tuple[ConvProblem, Algorithm]], tuple[ConvProblem, Algorithm]]:
+    """The algorithm each convolution of ``aspp_features(x, ...)`` runs with (mode not ``reference``)."""
+    mode = resolve_mode(mode, x.device)
+    n_branches = sum(b.conv.out_channels for b in branches)
+    problems, last = conv_problems(x, rates, branches[0].conv.out_channels, bottleneck.conv.out_channels,
+                                   n_branches)
+    return [(p, choose(p, mode)) for p in problems], (last, choose(last, mode))
+
+
+def _branch_input(x: Tensor, algorithms: Sequence[Algorithm]) -> Tensor:
     """``x`` in the compute dtype, laid out for the branch convolutions.
 
-    In inference it is converted to channels-last in the same pass: the 1x1,
-    tap-skipping and per-tap GEMM branches all read that layout. With autograd
-    the caller's layout is kept, because the input is saved for backward.
+    In inference it is converted to channels-last in the same pass when a branch reads that
+    layout fastest. With autograd the caller's layout is kept: the input is saved for backward.
     """
     dtype = _compute_dtype(x)
-    if torch.is_grad_enabled():
+    if torch.is_grad_enabled() or all(a.input_layout != "channels_last" for a in algorithms):
         return x.to(dtype)
     return x.to(dtype, memory_format=torch.channels_last)
-
-
-def _branch_convs(x: Tensor, branches: Sequence[nn.Module], plans: Sequence[BranchPlan]) -> list[Tensor]:
-    layouts = {DENSE: "contiguous", SKIP: "channels_last", GEMM: "taps", WINOGRAD: "winograd"}
-
-    def kernel(i: int) -> Tensor:
-        plan = plans[i]
-        index = (slice(None), slice(None), plan.rows, plan.cols)
-        # With autograd, atrous_convs casts the kernel itself, so only a view is kept for backward.
-        dtype = None if plan.mode == SKIP and torch.is_grad_enabled() else x.dtype
-        return prepared_weight(branches[i].conv.weight, index, layouts[plan.mode], dtype)
-
-    outs: list[Tensor | None] = [None] * len(plans)
-    for i, plan in enumerate(plans):
-        if plan.mode == DENSE:
-            weight = kernel(i)
-            # Full 3x3 kernels at nearly every tap run faster on NCHW (see SKIP_TAPS_BELOW).
-            dense_input = x.contiguous() if weight.shape[-2:] == (3, 3) else x
-            outs[i] = F.conv2d(dense_input, weight, None, 1, plan.padding, plan.rate)
-        elif plan.mode == GEMM:
-            offsets = kernel_offsets(plan.rows, plan.cols, plan.rate)
-            outs[i] = taps_conv_hwc(x.permute(0, 2, 3, 1).contiguous(), kernel(i), offsets).permute(0, 3, 1, 2)
-        elif plan.mode == WINOGRAD:
-            outs[i] = winograd_atrous_conv3x3(x.permute(0, 2, 3, 1), kernel(i), plan.rate).permute(0, 3, 1, 2)
-    skipping = [i for i, p in enumerate(plans) if p.mode == SKIP]
-    if skipping:
-        weights = [kernel(i) for i in skipping]
-        geometry = [(plans[i].padding, plans[i].rate) for i in skipping]
-        for i, out in zip(skipping, atrous_convs(x, weights, geometry)):
-            outs[i] = out
-    return outs
 
 
 def aspp_features(
@@ -226,13 +134,9 @@ def aspp_features(
     branches: Sequence[nn.Module],
     rates: tuple[int, ...],
     bottleneck: nn.Module,
+    mode: str = "auto",
 ) -> Tensor:
     """ASPP output before the classifier: ``bottleneck(cat(pool, branches))``.
-
-    Under graph capture (``reference.is_capturing``: ONNX export, tracing,
-    ``torch.export``) this runs ``aspp_features_reference``, mmseg's formula
-    with the same parameters, because the fast path picks kernels from the map
-    size in Python and an exported graph must hold for every input size.
 
     Args:
         x: Feature map (N, C_in, H, W).
@@ -240,31 +144,28 @@ def aspp_features(
         branches: One ConvModule per rate (1x1 for rate 1, 3x3 dilated otherwise).
         rates: Atrous rates, aligned with ``branches``.
         bottleneck: 3x3 ConvModule fusing the concatenated branches.
+        mode: How algorithms are chosen (``planner.MODES``); ``"reference"`` runs
+            mmseg's formula as it stands.
     """
-    if is_capturing():
+    if mode == "reference" or is_capturing():
         return aspp_features_reference(x, pool_layer, branches, bottleneck)
-    batch, _, height, width = x.shape
-    plans = plan_branches(height, width, rates, batch, not torch.is_grad_enabled(), _forced_mode)
+    height, width = x.shape[2:]
+    branch_plan, (last, last_algorithm) = plan(x, branches, rates, bottleneck, mode)
     pooled = pool_layer(F.adaptive_avg_pool2d(x, 1)).flatten(1)
-    convs = _branch_convs(_branch_input(x), branches, plans)
+    x_in = _branch_input(x, [algorithm for _, algorithm in branch_plan])
+    convs: list[Tensor | None] = [
+        algorithm.run([x_in], layer.conv.weight, slice(None), problem)
+        for layer, (problem, algorithm) in zip(branches, branch_plan)
+    ]
+    del x_in
+
+    def normalised() -> Iterator[Tensor]:
+        for i, layer in enumerate(branches):
+            out, convs[i] = convs[i], None  # nothing else keeps it once normalised
+            yield _norm_act(layer, out)
 
     weight = bottleneck.conv.weight
     n_pool = pooled.shape[1]
-    branch_part = (slice(None), slice(n_pool, None))
-    if torch.is_grad_enabled():
-        # Autograd keeps the convolution's input: the concatenation, in the layout it needs.
-        fused = torch.cat([_norm_act(m, out) for m, out in zip(branches, convs)], dim=1).contiguous()
-        out = F.conv2d(fused, prepared_weight(weight, branch_part, "contiguous", fused.dtype), None, 1, 1)
-    else:
-        # Each normalised branch goes straight into the Winograd input; nothing else keeps it.
-        buffer, interior = winograd_input(batch, weight.shape[1] - n_pool, height, width, convs[0])
-        start = 0
-        for i, layer in enumerate(branches):
-            normed = _norm_act(layer, convs[i])
-            convs[i] = None
-            interior[:, start : start + normed.shape[1]] = normed
-            start += normed.shape[1]
-        kernel = prepared_weight(weight, branch_part, "winograd", buffer.dtype)
-        out = winograd_conv3x3(buffer, kernel, height, width)
+    out = last_algorithm.run(normalised(), weight, slice(n_pool, None), last)
     out = out + _pool_bottleneck_term(weight[:, :n_pool], pooled, height, width)
     return _norm_act(bottleneck, out)

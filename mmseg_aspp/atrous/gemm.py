@@ -12,9 +12,10 @@ from torch import Tensor
 from .geometry import tap_span
 
 
-def kernel_offsets(rows: slice, cols: slice, rate: int) -> list[tuple[int, int]]:
-    """(dy, dx) read offsets of the kept taps of a 3x3 kernel, row-major."""
-    return [((r - 1) * rate, (c - 1) * rate) for r in range(rows.start, rows.stop)
+def kernel_offsets(rows: slice, cols: slice, rate: int, kernel_size: int = 3) -> list[tuple[int, int]]:
+    """(dy, dx) read offsets of the kept taps of a square kernel, row-major."""
+    centre = kernel_size // 2
+    return [((r - centre) * rate, (c - centre) * rate) for r in range(rows.start, rows.stop)
             for c in range(cols.start, cols.stop)]
 
 

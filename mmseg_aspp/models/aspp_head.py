@@ -7,9 +7,11 @@ from typing import Literal, Sequence
 from mmcv.cnn import ConvModule
 from mmengine.logging import print_log
 from mmseg.models.decode_heads.decode_head import BaseDecodeHead
+import torch
 from torch import Tensor, nn
 
 from ..atrous import aspp_features
+from ..atrous.planner import MODES
 from ..atrous.geometry import effective_kernel
 from ..atrous.reference import is_capturing
 from ..errors import MmsegAsppError
@@ -94,6 +96,10 @@ class ASPPHead(BaseDecodeHead):
             two images per BN (per GPU, or SyncBN across GPUs); ``None`` (a biased
             conv) or GroupNorm train with any batch size but change the branch's
             parameters, so BN checkpoints no longer load into it strictly.
+        plan: How each convolution's algorithm is chosen: ``"auto"`` (measured on CUDA
+            when ``cudnn.benchmark`` is on, else by rule), ``"heuristic"``, ``"measure"``
+            (time the candidates once per shape) or ``"reference"`` (mmseg's formula);
+            see ``mmseg_aspp.atrous.planner``.
         **kwargs: Every argument of mmseg's ``BaseDecodeHead`` (``in_channels``,
             ``channels``, ``num_classes``, ``norm_cfg``, ...).
     """
@@ -103,9 +109,12 @@ class ASPPHead(BaseDecodeHead):
         dilations: Sequence[int] = (1, 6, 12, 18),
         output_stride: int | None = None,
         pool_norm_cfg: dict | None | Literal["norm_cfg"] = "norm_cfg",
+        plan: str = "auto",
         **kwargs,
     ) -> None:
         rates = _rates_for_output_stride(_check_dilations(dilations), output_stride)
+        if plan not in MODES:
+            raise ASPPArgumentError(f"plan must be one of {', '.join(MODES)}; got {plan!r}")
         for name in ("in_channels", "channels"):
             if name in kwargs:
                 _check_channels(name, kwargs[name])
@@ -117,6 +126,7 @@ class ASPPHead(BaseDecodeHead):
             )
         self.dilations = rates
         self.output_stride = output_stride
+        self.plan = plan
         layer_cfg = dict(conv_cfg=self.conv_cfg, norm_cfg=self.norm_cfg, act_cfg=self.act_cfg)
         pool_norm = self.norm_cfg if pool_norm_cfg == "norm_cfg" else pool_norm_cfg
         self.image_pool = nn.Sequential(
@@ -153,7 +163,7 @@ class ASPPHead(BaseDecodeHead):
             )
         if self.training:
             self._check_batch_norm_inputs(x)
-        if is_capturing():  # sizes are symbolic in an exported graph
+        if is_capturing() or torch.compiler.is_compiling():  # sizes may be symbolic; warn in eager
             return
         size = (x.shape[2], x.shape[3])
         if size not in self._seen_sizes:  # once per map size: no per-call cost
@@ -192,7 +202,7 @@ class ASPPHead(BaseDecodeHead):
         """Fused ASPP features before ``cls_seg``, shape (N, channels, H, W)."""
         x = self._transform_inputs(inputs)
         self._check_input(x)
-        return aspp_features(x, self.image_pool[1], self.aspp_modules, self.dilations, self.bottleneck)
+        return aspp_features(x, self.image_pool[1], self.aspp_modules, self.dilations, self.bottleneck, self.plan)
 
     def forward(self, inputs: Sequence[Tensor]) -> Tensor:
         return self.cls_seg(self._forward_feature(inputs))

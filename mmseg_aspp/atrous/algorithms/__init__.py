@@ -1,0 +1,16 @@
+"""Exact ways to compute one convolution of the ASPP head, behind one interface (``base.py``).
+
+The planner (``..planner``) picks one per convolution; a new candidate is one file here plus
+its line below.
+"""
+from .base import Algorithm, ConvProblem
+from .dense import Dense
+from .gemm import PerTapGemm
+from .skip import TapSkipping
+from .winograd import Winograd
+
+ALGORITHMS: dict[str, Algorithm] = {
+    algorithm.name: algorithm for algorithm in (Dense(), TapSkipping(), PerTapGemm(), Winograd())
+}
+
+__all__ = ["ALGORITHMS", "Algorithm", "ConvProblem"]

@@ -1,0 +1,83 @@
+"""The interface every exact convolution algorithm of the head implements."""
+from __future__ import annotations
+
+from typing import Iterable, NamedTuple
+
+import torch
+from torch import Tensor
+
+
+class ConvProblem(NamedTuple):
+    """One bias-free, stride-1 convolution of the head, as much as choosing an algorithm needs.
+
+    The kernel is the ``rows x cols`` crop of the ``kernel_size`` x ``kernel_size`` parameter
+    (3, or 1 for the 1x1 branch) dilated by ``rate``: the taps that read the map at all, with
+    ``padding`` to match. The bottleneck is a full 3x3 at rate 1, padding 1.
+    """
+
+    batch: int
+    in_channels: int
+    out_channels: int
+    height: int
+    width: int
+    kernel_size: int
+    rows: tuple[int, int]  # kept kernel rows [start, stop) of the parameter
+    cols: tuple[int, int]
+    padding: tuple[int, int]
+    rate: int
+    dtype: str
+    device: str  # "cpu", "cuda", ...
+    device_name: str
+    grad: bool  # autograd records the call (training)
+    deterministic: bool  # torch.use_deterministic_algorithms or cudnn.deterministic
+
+    @property
+    def kernel(self) -> tuple[int, int]:
+        return self.rows[1] - self.rows[0], self.cols[1] - self.cols[0]
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return getattr(torch, self.dtype)
+
+    @property
+    def weight_index(self) -> tuple[slice, slice]:
+        """The crop of the (O, C, 3, 3) kernel's spatial axes."""
+        return slice(*self.rows), slice(*self.cols)
+
+
+class Algorithm:
+    """An exact way to compute ``conv2d(cat(inputs), weight[crop], padding, dilation=rate)``.
+
+    Subclasses set ``name``, may restrict ``supports`` and implement ``run``. Inputs come as
+    channel pieces (a branch has one; the bottleneck gets each normalised branch in turn, so an
+    algorithm may consume and free them one at a time) in any memory layout; ``input_layout``
+    says which one the algorithm reads fastest in inference ("channels_last", "contiguous" or
+    "any"), so the head can prepare one copy for all branches.
+    """
+
+    name = ""
+    input_layout = "any"
+
+    def supports(self, problem: ConvProblem) -> bool:
+        return True
+
+    def run(self, inputs: Iterable[Tensor], weight: Tensor, channels: slice, problem: ConvProblem) -> Tensor:
+        """The convolution's output (N, O, H, W), in any memory layout.
+
+        Args:
+            inputs: Channel pieces of the input, each (N, C_i, H, W); together ``problem.in_channels``.
+            weight: The (O, C, 3, 3) parameter; ``weight[:, channels]`` is this convolution's
+                part, cropped to ``problem.weight_index``.
+            channels: The input-channel slice of ``weight`` the pieces correspond to.
+            problem: Shape, crop and context of the call.
+        """
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+def concatenated(inputs: Iterable[Tensor]) -> Tensor:
+    """The pieces as one tensor (no copy for a single piece)."""
+    pieces = list(inputs)
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)

@@ -1,0 +1,33 @@
+"""Winograd's F(2x2, 3x3) on each phase of the map: 2.25x fewer multiplications, inference only."""
+from __future__ import annotations
+
+from ..weights import prepared_weight
+from ..winograd import winograd_atrous_conv3x3, winograd_conv3x3, winograd_input
+from .base import Algorithm, concatenated
+
+
+class Winograd(Algorithm):
+    """A rate-r 3x3 filter only combines pixels of one phase (y mod r, x mod r), on which it is a
+    plain 3x3; each phase runs as F(2x2, 3x3). At rate 1 (the bottleneck) the channel pieces are
+    written straight into the zero-bordered input and freed, so no concatenation is built.
+    Training keeps other algorithms: autograd would hold the transformed tiles, 4x the input."""
+
+    name = "winograd"
+    input_layout = "channels_last"
+
+    def supports(self, problem):
+        return not problem.grad and problem.kernel == (3, 3)
+
+    def run(self, inputs, weight, channels, problem):
+        if problem.rate > 1:
+            x = concatenated(inputs)
+            kernel = prepared_weight(weight, (slice(None), channels), "winograd", x.dtype)
+            return winograd_atrous_conv3x3(x.permute(0, 2, 3, 1), kernel, problem.rate).permute(0, 3, 1, 2)
+        like = weight.new_empty(0, dtype=problem.torch_dtype)
+        buffer, interior = winograd_input(problem.batch, problem.in_channels, problem.height, problem.width, like)
+        start = 0
+        for piece in inputs:
+            interior[:, start : start + piece.shape[1]] = piece
+            start += piece.shape[1]
+        kernel = prepared_weight(weight, (slice(None), channels), "winograd", buffer.dtype)
+        return winograd_conv3x3(buffer, kernel, problem.height, problem.width)

@@ -1,0 +1,213 @@
+"""Which algorithm computes each convolution of the head: by rule, or by measuring them.
+
+Modes (the head's ``plan`` argument):
+
+* ``"heuristic"``: rules measured on 2-core CPUs (AVX2 and AVX-512; see the constants
+  below) and, on CUDA, cuDNN for everything, except the per-tap GEMM for dilated branches
+  when deterministic algorithms are requested (cuDNN's deterministic dilated kernels were
+  reported 10-80x slower). No start-up cost.
+* ``"measure"``: like ``cudnn.benchmark``, every eligible algorithm is timed once per
+  convolution shape, on random data, the first time that shape is seen, and the fastest is
+  kept in memory (and in the JSON file named by ``MMSEG_ASPP_PLAN_CACHE``, if set, so that
+  later runs skip the timing). The plain convolution is always a candidate, so a measured
+  plan is never slower than upstream's computation beyond timing noise. On CPU the timing
+  of a 2048-channel head takes tens of seconds per new map size.
+* ``"reference"``: mmseg's formula as it stands (no crops, no image-pool shortcut).
+* ``"auto"`` (default): ``"measure"`` on CUDA when ``torch.backends.cudnn.benchmark`` is on
+  (mmseg's configs turn it on through ``env_cfg.cudnn_benchmark``), else ``"heuristic"``.
+  Measured plans depend on timing noise and so on rounding; CPU runs stay reproducible.
+
+Under ``torch.compile`` the heuristic runs, restricted to algorithms that compile without
+graph breaks.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from contextlib import contextmanager
+from functools import lru_cache
+from typing import Iterator
+
+import torch
+
+from .algorithms import ALGORITHMS, Algorithm, ConvProblem
+from .geometry import phase_groups, valid_tap_fraction
+
+MODES = ("auto", "heuristic", "measure", "reference")
+# Runs that compile to one graph (Winograd writes through non-contiguous out= views).
+COMPILES = ("dense", "skip", "gemm")
+
+# Below this 2-D valid-tap fraction a dilated conv is faster channels-last with tap skipping;
+# above it the plain dense (NCHW) convolution wins or ties. Measured: at 128x256 rate 12
+# (0.91) channels-last takes 0.70x (bf16) and 0.77x (fp32) of NCHW's time.
+SKIP_TAPS_BELOW = 0.92
+# Up to this many output pixels (batch x H x W) per-tap GEMMs beat direct convolution in
+# inference; with autograd their region-wise backward does not.
+GEMM_MAX_PIXELS = 512
+# In inference a full 3x3 branch runs as Winograd when that takes at most this share of the
+# multiplications of its valid taps. Measured at 2048 -> 512 channels against tap skipping:
+# at shares of 0.76 and 0.65 it was 1.13x and 1.23x faster (128x256, rates 36 and 24), at
+# 0.95 1.11x slower (64x128, rate 24).
+WINOGRAD_BELOW = 0.8
+
+_forced: str | None = None
+
+
+@contextmanager
+def forced_algorithm(name: str | None) -> Iterator[None]:
+    """Run every convolution that can take it with algorithm ``name`` (tests prove each this way).
+
+    Convolutions it does not support (Winograd: only full 3x3 kernels in inference) keep
+    their heuristic choice. ``None`` restores normal planning.
+    """
+    global _forced
+    if name is not None and name not in ALGORITHMS:
+        raise ValueError(f"unknown algorithm {name!r}; use one of {sorted(ALGORITHMS)}")
+    previous, _forced = _forced, name
+    try:
+        yield
+    finally:
+        _forced = previous
+
+
+def resolve_mode(mode: str, device: torch.device) -> str:
+    """``auto`` made concrete for ``device``."""
+    if mode != "auto":
+        return mode
+    return "measure" if device.type == "cuda" and torch.backends.cudnn.benchmark else "heuristic"
+
+
+def deterministic_requested() -> bool:
+    return torch.are_deterministic_algorithms_enabled() or torch.backends.cudnn.deterministic
+
+
+def winograd_share(height: int, width: int, rate: int) -> float:
+    """Multiplications of a phase-wise Winograd 3x3 conv over those of its valid taps."""
+
+    def tiles(length: int) -> int:  # 2-wide tiles along an axis, over all phases
+        return sum((end - first) * ((count + 1) // 2) for first, end, count in phase_groups(length, rate))
+
+    valid = 9 * height * width * valid_tap_fraction(height, rate) * valid_tap_fraction(width, rate)
+    return 16 * tiles(height) * tiles(width) / valid
+
+
+def preferences(problem: ConvProblem) -> tuple[str, ...]:
+    """The heuristic's algorithms for ``problem``, best first."""
+    dilated = problem.rate > 1 and problem.kernel != (1, 1)
+    if problem.device != "cpu":
+        # Nothing tuned for a CPU (chunked Winograd, per-image loops) runs here unless measured.
+        return ("gemm", "dense") if dilated and problem.deterministic else ("dense",)
+    if problem.kernel == (1, 1):
+        return ("dense",)
+    if problem.rate == 1:  # the bottleneck
+        return ("dense",) if problem.grad else ("winograd", "dense")
+    height, width, rate = problem.height, problem.width, problem.rate
+    small = problem.batch * height * width <= GEMM_MAX_PIXELS
+    if not problem.grad and problem.kernel == (3, 3) and not small \
+            and winograd_share(height, width, rate) <= WINOGRAD_BELOW:
+        return ("winograd", "skip", "dense")
+    if valid_tap_fraction(height, rate) * valid_tap_fraction(width, rate) >= SKIP_TAPS_BELOW:
+        return ("dense",)
+    return ("gemm", "skip", "dense") if small and not problem.grad else ("skip", "dense")
+
+
+def choose(problem: ConvProblem, mode: str) -> Algorithm:
+    """The algorithm for one convolution (``mode`` already resolved, not ``reference``)."""
+    compiling = torch.compiler.is_compiling()
+    if _forced is not None and ALGORITHMS[_forced].supports(problem) and not compiling:
+        return ALGORITHMS[_forced]
+    if mode == "measure" and not compiling:
+        return ALGORITHMS[_measured(problem)]
+    allowed = COMPILES if compiling else ALGORITHMS
+    return ALGORITHMS[next(n for n in preferences(problem) if n in allowed and ALGORITHMS[n].supports(problem))]
+
+
+# ----------------------------------------------------------------- measuring
+_measured_plans: dict[str, str] = {}
+_loaded_files: set[str] = set()
+
+
+def _key(problem: ConvProblem) -> str:
+    return json.dumps(problem._asdict(), sort_keys=True)
+
+
+def _cache_file() -> str | None:
+    return os.environ.get("MMSEG_ASPP_PLAN_CACHE") or None
+
+
+def _load(path: str) -> None:
+    if path in _loaded_files:
+        return
+    _loaded_files.add(path)
+    try:
+        with open(path) as f:
+            _measured_plans.update({k: v for k, v in json.load(f).items() if v in ALGORITHMS})
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError) as err:
+        raise RuntimeError(f"cannot read the plan cache {path} ({err}); delete it or unset "
+                           f"MMSEG_ASPP_PLAN_CACHE") from err
+
+
+def _save(path: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=folder, delete=False, suffix=".tmp") as f:
+        json.dump(_measured_plans, f, indent=1, sort_keys=True)
+    os.replace(f.name, path)  # atomic: concurrent ranks never read half a file
+
+
+def _measured(problem: ConvProblem) -> str:
+    path = _cache_file()
+    if path:
+        _load(path)
+    key = _key(problem)
+    if key not in _measured_plans:
+        timings = {name: seconds_per_call(algorithm, problem)
+                   for name, algorithm in ALGORITHMS.items() if algorithm.supports(problem)}
+        _measured_plans[key] = min(timings, key=timings.get)
+        if path:
+            _save(path)
+    return _measured_plans[key]
+
+
+def seconds_per_call(algorithm: Algorithm, problem: ConvProblem, repeats: int = 2) -> float:
+    """Best time of ``repeats`` calls (after a warm-up) on random data of ``problem``'s shape,
+    forward and, for a problem with autograd, backward."""
+    device = torch.device(problem.device)
+    dtype = getattr(torch, problem.dtype)
+    gen = torch.Generator(device).manual_seed(0)  # the global generators stay untouched
+    x = torch.randn(problem.batch, problem.in_channels, problem.height, problem.width, generator=gen,
+                    device=device, dtype=dtype)
+    if algorithm.input_layout == "channels_last" and not problem.grad:
+        x = x.contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(problem.out_channels, problem.in_channels, problem.kernel_size, problem.kernel_size,
+                         generator=gen, device=device)
+    best = float("inf")
+    with torch.autocast(device.type, enabled=False), torch.set_grad_enabled(problem.grad):
+        if problem.grad:
+            x.requires_grad_()
+            weight.requires_grad_()
+        for i in range(repeats + 1):
+            _sync(device)
+            start = time.perf_counter()
+            out = algorithm.run([x], weight, slice(None), problem)
+            if problem.grad:
+                out.backward(torch.ones_like(out))
+            _sync(device)
+            if i:
+                best = min(best, time.perf_counter() - start)
+            del out
+    return best
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@lru_cache(maxsize=None)
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
