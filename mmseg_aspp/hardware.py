@@ -7,6 +7,8 @@ measured at 0.6 GFLOP/s against 31 GFLOP/s in float32 on one core.
 from __future__ import annotations
 
 import os
+import platform
+import re
 from functools import lru_cache
 
 import torch
@@ -58,3 +60,16 @@ def native_reduced_precision(device: torch.device | str, dtype: torch.dtype) -> 
     """
     device = torch.device(device)
     return _native(device.type, device.index, dtype)
+
+
+@lru_cache(maxsize=None)
+def device_model(device: torch.device | str) -> str:
+    """The GPU's name, or the CPU's model name (from /proc/cpuinfo where there is one)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            return re.search(r"model name\s*:\s*(.*)", f.read()).group(1).strip()
+    except (OSError, AttributeError):
+        return platform.processor() or device.type

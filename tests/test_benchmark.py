@@ -30,8 +30,8 @@ def test_small_run_writes_table_json_and_chart(tmp_path, monkeypatch, capsys):
     data = json.loads((tmp_path / "benchmark.json").read_text())
     native = native_reduced_precision("cpu", torch.bfloat16)
     # The default (auto) times bf16 only where the CPU computes it; emulated it is slower than fp32.
-    assert data["meta"]["reduced_precision"] == ("bfloat16" if native else None)
-    assert data["meta"]["reduced_precision_native"] == (True if native else None)
+    assert data["meta"]["reduced_precision"] == (["bfloat16"] if native else [])
+    assert data["meta"]["reduced_precision_native"] == ({"bfloat16": True} if native else {})
     assert data["meta"]["prepared_weight_cache_mb"] > 0  # eval calls prepared Winograd and tap kernels
     rows = {(r["mode"], r["impl"]): r for r in data["rows"]}
     impls = ("upstream", "ours", "ours bfloat16") if native else ("upstream", "ours")
@@ -41,6 +41,11 @@ def test_small_run_writes_table_json_and_chart(tmp_path, monkeypatch, capsys):
         upstream_ms = rows[(mode, "upstream")]["median_ms"]
         assert row["ratio"] == pytest.approx(upstream_ms / row["median_ms"])
         assert row["limit_fraction"] > 0
+        assert (row["plan"] is not None) == impl.startswith("ours")
+    # 16x16 in batches of 2 is 512 pixels: per-tap GEMMs in inference, tap skipping in training;
+    # rates 24 and 36 reach past the map (1x1 crops, dense); the bottleneck is Winograd in inference.
+    assert rows[("eval", "ours")]["plan"] == "dense+gemm+dense+dense > winograd"
+    assert rows[("train", "ours")]["plan"] == "dense+skip+dense+dense > dense"
     # Same weights and inputs: fp32 decisions match upstream's; bf16 mostly does.
     assert rows[("eval", "ours")]["argmax_agreement"] >= 0.99
     if native:
@@ -52,13 +57,25 @@ def test_small_run_writes_table_json_and_chart(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "benchmark.png").read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.parametrize("choice, native, expected", [
-    ("auto", True, "bfloat16"), ("auto", False, None), ("bfloat16", False, "bfloat16"),
-    ("float16", True, "float16"), ("none", True, None)])
-def test_reduced_precision_choice(choice, native, expected, monkeypatch):
+@pytest.mark.parametrize("choices, device, native, expected", [
+    (["auto"], "cpu", True, ["bfloat16"]), (["auto"], "cpu", False, []), (["bfloat16"], "cpu", False, ["bfloat16"]),
+    (["auto"], "cuda", True, ["bfloat16", "float16"]), (["auto", "float16"], "cuda", False, ["float16"]),
+    (["none"], "cuda", True, [])])
+def test_reduced_precision_choice(choices, device, native, expected, monkeypatch):
     bench = load_tool("benchmark")
-    monkeypatch.setattr(bench, "native_reduced_precision", lambda device, dtype: native)
-    assert bench.resolve_reduced_precision(choice, torch.device("cpu")) == expected
+    monkeypatch.setattr(bench, "native_reduced_precision",
+                        lambda device, dtype: native or (device.type == "cuda" and dtype == torch.float16))
+    assert bench.resolve_reduced_precision(choices, torch.device(device)) == expected
+
+
+def test_compiled_rows_are_compared_with_compiled_upstream():
+    bench = load_tool("benchmark")
+    args = bench.argparse.Namespace(reduced_precision=["bfloat16"], compile=True)
+    found = {v.impl: (v.head, v.precision, v.baseline) for v in bench.variants(args, {"upstream": 0, "ours": 0})}
+    assert found == {"upstream": ("upstream", "fp32", "upstream"), "ours": ("ours", "fp32", "upstream"),
+                     "ours bfloat16": ("ours", "bfloat16", "upstream"),
+                     "upstream compiled": ("upstream", "fp32", "upstream compiled"),
+                     "ours compiled": ("ours", "fp32", "upstream compiled")}
 
 
 @pytest.mark.parametrize("gflops, sizes", [(1.0, [256, 512]), (200.0, [256, 512, 1024, 2048])])

@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import re
 import statistics
 import sys
 import tempfile
@@ -34,14 +32,18 @@ from mmseg.registry import MODELS  # noqa: E402
 
 import mmseg_aspp  # noqa: E402,F401
 from mmseg_aspp.atrous import valid_tap_fraction  # noqa: E402
+from mmseg_aspp.atrous.aspp import plan  # noqa: E402
 from mmseg_aspp.atrous.weights import prepared_bytes  # noqa: E402
-from mmseg_aspp.hardware import native_reduced_precision  # noqa: E402
+from mmseg_aspp.hardware import device_model, native_reduced_precision  # noqa: E402
 
 HEAD_SHAPES = ["64x128", "64x64", "97x97", "128x256", "32x32", "16x16"]
 RATES = (1, 12, 24, 36)
 IN_CHANNELS, CHANNELS, NUM_CLASSES = 2048, 512, 19
 MODEL_CONFIG = "deeplabv3_r101-d8_4xb2-80k_cityscapes-512x1024.py"
-MODEL_CASES = [("R101-D8 512x1024 b1", "eval", 1, (512, 1024)), ("R101-D8 512x512 b2", "train", 2, (512, 512))]
+# Whole-model cases; a GPU trains at the recipe's 512x1024 crop, a 2-core CPU at 512x512.
+MODEL_CASES = {"cpu": [("R101-D8 512x1024 b1", "eval", 1, (512, 1024)), ("R101-D8 512x512 b2", "train", 2, (512, 512))],
+               "cuda": [("R101-D8 512x1024 b1", "eval", 1, (512, 1024)),
+                        ("R101-D8 512x1024 b2", "train", 2, (512, 1024))]}
 
 
 @dataclass
@@ -56,14 +58,10 @@ class Row:
     peak_mb: float | None = None
     limit_fraction: float | None = None
     argmax_agreement: float | None = None
+    plan: str | None = None
 
 
 # ----------------------------------------------------------------- measuring
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def measure(fns: dict, device, repeats: int, memory: bool = True) -> dict[str, tuple[list[float], float | None]]:
     """Time several implementations of one case in interleaved rounds.
 
@@ -82,11 +80,22 @@ def measure(fns: dict, device, repeats: int, memory: bool = True) -> dict[str, t
     times = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            _sync(device)
-            times[name].append((time.perf_counter() - start) * 1000)
+            times[name].append(_time_ms(fn, device))
     return {name: (times[name], peaks[name]) for name in fns}
+
+
+def _time_ms(fn, device) -> float:
+    """One call's time: CUDA events on a GPU (the kernels' time, not Python's), else wall time."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1000
 
 
 def peak_memory_mb(fn, device) -> float | None:
@@ -160,7 +169,7 @@ def model_flops(mode: str, batch: int, height: int, width: int) -> float:
     return 2 * step_flops(mode, head_valid_macs(batch, height // 8, width // 8))
 
 
-def planned_work(args, impls: int) -> float:
+def planned_work(args, impls: int, device) -> float:
     """Estimated FLOPs of the whole run (timed, warm-up and memory calls), to weight progress."""
     total = 0.0
     for shape in args.shapes:
@@ -171,7 +180,8 @@ def planned_work(args, impls: int) -> float:
                 if not (mode == "train" and batch == 1):
                     total += step_flops(mode, macs) * impls * (args.repeats + 2)
     if not args.no_model:
-        total += sum(2 * model_flops(mode, batch, h, w) * (args.repeats + 2) for _, mode, batch, (h, w) in MODEL_CASES)
+        total += sum(2 * model_flops(mode, batch, h, w) * (args.repeats + 2)
+                     for _, mode, batch, (h, w) in MODEL_CASES.get(device.type, MODEL_CASES["cpu"]))
     return total
 
 
@@ -218,9 +228,45 @@ def _call(name, head, x):
     return head(x) if name == "torchvision" else head([x])
 
 
+@dataclass
+class Variant:
+    """One timed implementation of a case: a head, a compute dtype (None: fp32), compiled or not."""
+
+    impl: str
+    head: str
+    dtype: torch.dtype | None = None
+    compiled: bool = False
+
+    @property
+    def precision(self) -> str:
+        return "fp32" if self.dtype is None else str(self.dtype).removeprefix("torch.")
+
+    @property
+    def baseline(self) -> str:
+        """The upstream row this one's ratio is taken against."""
+        return "upstream compiled" if self.compiled else "upstream"
+
+
+def variants(args, heads) -> list[Variant]:
+    found = [Variant(name, name) for name in heads]
+    found += [Variant(f"ours {p}", "ours", getattr(torch, p)) for p in args.reduced_precision]
+    if args.compile:
+        found += [Variant("upstream compiled", "upstream", compiled=True), Variant("ours compiled", "ours", compiled=True)]
+    return found
+
+
+def describe_plan(head, x, mode: str, dtype, device) -> str:
+    """The algorithm our head runs each branch and the bottleneck with, e.g. 'dense+skip+skip+skip > winograd'."""
+    with torch.set_grad_enabled(mode == "train"), _autocast(device, dtype):
+        branches, (_, last) = plan(x, head.aspp_modules, head.dilations, head.bottleneck, head.plan)
+    return "+".join(algorithm.name for _, algorithm in branches) + f" > {last.name}"
+
+
 def run_heads(args, heads, device, peak, rows, progress):
     # Training steps update BN statistics: restart every case from the same weights.
     initial = {name: {k: v.clone() for k, v in head.state_dict().items()} for name, head in heads.items()}
+    compiled = {name: torch.compile(heads[name]) for name in ("upstream", "ours")} if args.compile else {}
+    cases = variants(args, heads)
     for shape in args.shapes:
         height, width = map(int, shape.split("x"))
         for batch in args.batches:
@@ -231,28 +277,24 @@ def run_heads(args, heads, device, peak, rows, progress):
                 if mode == "train" and batch == 1:
                     continue  # BN in the image-pool branch cannot train on one sample
                 flops = step_flops(mode, macs)
-                variants = {}  # impl -> (head name, compute dtype or None for fp32, precision label)
                 for name, head in heads.items():
                     head.load_state_dict(initial[name])
-                    variants[name] = (name, None, "fp32")
-                    if name == "ours" and args.reduced_precision:
-                        variants[f"ours {args.reduced_precision}"] = (
-                            name, getattr(torch, args.reduced_precision), args.reduced_precision)
-                progress.step(f"{case} {mode}: {', '.join(variants)}",
-                              flops * len(variants) * (args.repeats + 2))
-                fns = {impl: _step_fn(name, heads[name], x, mode, device, dtype)
-                       for impl, (name, dtype, _) in variants.items()}
+                progress.step(f"{case} {mode}: {', '.join(v.impl for v in cases)}",
+                              flops * len(cases) * (args.repeats + 2))
+                fns = {v.impl: _step_fn(v.head, (compiled if v.compiled else heads)[v.head], x, mode, device, v.dtype)
+                       for v in cases}
                 results = measure(fns, device, args.repeats)
-                base_ms = statistics.median(results["upstream"][0])
                 ref_logits = _eval_logits("upstream", heads["upstream"], x, None, device) if mode == "eval" else None
-                for impl, (name, dtype, precision) in variants.items():
-                    times, peak_mb = results[impl]
-                    row = Row(case, mode, impl, statistics.median(times), max(times) - min(times), times,
+                for v in cases:
+                    times, peak_mb = results[v.impl]
+                    row = Row(case, mode, v.impl, statistics.median(times), max(times) - min(times), times,
                               peak_mb=peak_mb)
-                    row.ratio = base_ms / row.median_ms
-                    row.limit_fraction = flops / (peak[precision] * 1e9) / (row.median_ms / 1000)
-                    if ref_logits is not None and name == "ours":
-                        logits = _eval_logits(name, heads[name], x, dtype, device)
+                    row.ratio = statistics.median(results[v.baseline][0]) / row.median_ms
+                    row.limit_fraction = flops / (peak[v.precision] * 1e9) / (row.median_ms / 1000)
+                    if v.head == "ours" and not v.compiled:
+                        row.plan = describe_plan(heads["ours"], x, mode, v.dtype, device)
+                    if ref_logits is not None and v.head == "ours":
+                        logits = _eval_logits(v.head, (compiled if v.compiled else heads)[v.head], x, v.dtype, device)
                         row.argmax_agreement = (logits.argmax(1) == ref_logits.argmax(1)).float().mean().item()
                     rows.append(row)
 
@@ -285,7 +327,7 @@ def _step_fn(name, head, x, mode, device, dtype):
     return fn
 
 
-def run_models(args, device, peak, rows, progress):
+def run_models(args, device, rows, progress):
     from mmengine.config import Config
     from mmengine.model import revert_sync_batchnorm
 
@@ -297,7 +339,7 @@ def run_models(args, device, peak, rows, progress):
         models[name] = revert_sync_batchnorm(MODELS.build(cfg.model)).to(device)
     models["ours"].load_state_dict(models["upstream"].state_dict())
 
-    for case, mode, batch, (height, width) in MODEL_CASES:
+    for case, mode, batch, (height, width) in MODEL_CASES.get(device.type, MODEL_CASES["cpu"]):
         images = torch.randn(batch, 3, height, width, device=device)
         labels = torch.randint(0, NUM_CLASSES, (batch, height, width), device=device)
         progress.step(f"model {case} {mode}: {', '.join(models)}",
@@ -339,26 +381,31 @@ def _model_step(model, images, labels, mode):
 
 # ------------------------------------------------------------------ output
 def device_name(device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = re.search(r"model name\s*:\s*(.*)", f.read()).group(1)
-    except (OSError, AttributeError):
-        model = platform.processor() or "CPU"
-    return f"{model} ({torch.get_num_threads()} threads)"
+    name = device_model(device)
+    return name if device.type == "cuda" else f"{name} ({torch.get_num_threads()} threads)"
 
 
-def resolve_reduced_precision(choice: str, device) -> str | None:
-    """The dtype name to time under autocast: ``auto`` picks bfloat16 only where it is native."""
-    if choice == "auto":
-        return "bfloat16" if native_reduced_precision(device, torch.bfloat16) else None
-    return None if choice == "none" else choice
+def resolve_reduced_precision(choices: list[str], device) -> list[str]:
+    """The dtype names to time ours in under autocast.
+
+    ``auto`` takes those the device computes natively: on CUDA float16 and, from compute
+    capability 8.0, bfloat16; on CPU bfloat16 with AVX512_BF16 or AMX. ``none`` takes none;
+    names given explicitly are timed even where they are emulated.
+    """
+    picked: list[str] = []
+    for choice in choices:
+        if choice == "auto":
+            picked += [d for d in ("bfloat16", "float16")
+                       if native_reduced_precision(device, getattr(torch, d)) and (device.type == "cuda" or d == "bfloat16")]
+        elif choice != "none":
+            picked.append(choice)
+    return list(dict.fromkeys(picked))
 
 
 def format_table(rows: list[Row]) -> str:
-    header = "| case | mode | impl | median ms | spread ms | vs upstream | peak MB | of limit | argmax agree |"
-    lines = [header, "|" + "---|" * 9]
+    header = ("| case | mode | impl | median ms | spread ms | vs upstream | peak MB | of limit | argmax agree "
+              "| plan (branches > bottleneck) |")
+    lines = [header, "|" + "---|" * 10]
     for r in rows:
         def fmt(v, spec):
             return "-" if v is None else format(v, spec)
@@ -366,7 +413,7 @@ def format_table(rows: list[Row]) -> str:
         lines.append(
             f"| {r.case} | {r.mode} | {r.impl} | {r.median_ms:.1f} | {r.spread_ms:.1f} | "
             f"{fmt(r.ratio, '.2f')}x | {fmt(r.peak_mb, '.0f')} | {fmt(r.limit_fraction, '.0%')} | "
-            f"{fmt(r.argmax_agreement, '.2%')} |"
+            f"{fmt(r.argmax_agreement, '.2%')} | {r.plan or '-'} |"
         )
     return "\n".join(lines)
 
@@ -403,9 +450,16 @@ def main(argv=None) -> None:
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--modes", nargs="+", default=["eval", "train"], choices=["eval", "train"])
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per case (after a warm-up)")
-    parser.add_argument("--reduced-precision", default="auto", choices=["auto", "bfloat16", "float16", "none"],
-                        help="also time ours under autocast in this dtype; auto: bfloat16 where the device "
-                             "computes it natively (CUDA, CPUs with AVX512_BF16/AMX), else none")
+    parser.add_argument("--reduced-precision", nargs="+", default=["auto"],
+                        choices=["auto", "bfloat16", "float16", "none"],
+                        help="also time ours under autocast in these dtypes; auto: those the device computes "
+                             "natively (CUDA: float16, and bfloat16 from compute capability 8.0; CPU: bfloat16 "
+                             "with AVX512_BF16/AMX)")
+    parser.add_argument("--plan", default="auto", choices=["auto", "heuristic", "measure", "reference"],
+                        help="how our head picks its algorithms (auto measures on CUDA, as cudnn.benchmark)")
+    parser.add_argument("--compile", action="store_true", help="also time both heads under torch.compile")
+    parser.add_argument("--tf32", choices=["default", "on", "off"], default="default",
+                        help="TF32 for CUDA matmuls and convolutions (PyTorch's default: convolutions only)")
     parser.add_argument("--no-model", action="store_true", help="skip the whole R101-D8 model timings")
     parser.add_argument("--quick", action="store_true", help="32x32 and 16x16, batch 2, 2 repeats, no model")
     parser.add_argument("--out-dir", default="work_dirs/benchmark")
@@ -415,49 +469,56 @@ def main(argv=None) -> None:
 
     init_default_scope("mmseg")
     device = torch.device(args.device)
-    choice, args.reduced_precision = args.reduced_precision, resolve_reduced_precision(args.reduced_precision, device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as mmseg's configs set it (env_cfg.cudnn_benchmark)
+        if args.tf32 != "default":
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.tf32 == "on"
+    args.reduced_precision = resolve_reduced_precision(args.reduced_precision, device)
     torch.manual_seed(0)
     name = device_name(device)
     print(f"device: {name}; torch {torch.__version__}", flush=True)
-    if choice == "auto" and args.reduced_precision is None:
-        print(f"reduced precision: not timed, this {device.type} has no native bfloat16 arithmetic "
-              f"(--reduced-precision bfloat16 times the emulation anyway)", flush=True)
-    peak = {"fp32": gemm_peak_gflops(device, torch.float32)}
-    if args.reduced_precision:
-        peak[args.reduced_precision] = gemm_peak_gflops(device, getattr(torch, args.reduced_precision))
+    native = {p: native_reduced_precision(device, getattr(torch, p)) for p in args.reduced_precision}
+    for precision, is_native in native.items():
+        if not is_native:
+            print(f"note: this {device.type} has no native {precision} arithmetic; its rows measure emulation, "
+                  f"slower than fp32", flush=True)
+    if not args.reduced_precision:
+        print(f"reduced precision: not timed (none native on this {device.type}; --reduced-precision bfloat16 "
+              f"times it anyway)", flush=True)
+    peak = {p: gemm_peak_gflops(device, getattr(torch, p)) for p in ["float32", *args.reduced_precision]}
+    peak["fp32"] = peak.pop("float32")
     print("GEMM peak: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items()), flush=True)
-    native = None
-    if args.reduced_precision:
-        native = native_reduced_precision(device, getattr(torch, args.reduced_precision))
-        if not native:
-            print(f"note: this {device.type} has no native {args.reduced_precision} arithmetic; "
-                  f"its rows measure emulation, slower than fp32", flush=True)
 
     heads = build_heads(device)
-    impls = len(heads) + (1 if args.reduced_precision else 0)
-    progress = Progress(planned_work(args, impls))
+    heads["ours"].plan = args.plan
+    cases = variants(args, heads)
+    progress = Progress(planned_work(args, len(cases), device))
     rows: list[Row] = []
     run_heads(args, heads, device, peak, rows, progress)
     cache_mb = prepared_bytes() / 2**20
     if not args.no_model:
-        run_models(args, device, peak, rows, progress)
+        run_models(args, device, rows, progress)
 
     os.makedirs(args.out_dir, exist_ok=True)
     table = format_table(rows)
     cache = (f"weights our head prepared and keeps between calls (every dtype and layout this run used): "
              f"{cache_mb:.0f} MB, not in peak MB")
-    print(f"\nDevice: {name}\n\n{table}\n\n{cache}")
+    settings = f"plan {args.plan}; compile {args.compile}"
+    if device.type == "cuda":
+        settings += (f"; cudnn.benchmark on; TF32 matmul {torch.backends.cuda.matmul.allow_tf32}, "
+                     f"conv {torch.backends.cudnn.allow_tf32}")
+    print(f"\nDevice: {name}; {settings}\n\n{table}\n\n{cache}")
     meta = dict(device=name, torch=torch.__version__, gemm_peak_gflops=peak, rates=RATES,
                 in_channels=IN_CHANNELS, channels=CHANNELS, repeats=args.repeats,
-                reduced_precision=args.reduced_precision, reduced_precision_native=native,
-                prepared_weight_cache_mb=cache_mb)
+                reduced_precision=args.reduced_precision, reduced_precision_native=native, plan=args.plan,
+                compile=args.compile, settings=settings, prepared_weight_cache_mb=cache_mb)
     with open(os.path.join(args.out_dir, "benchmark.json"), "w") as f:
         json.dump(dict(meta=meta, rows=[asdict(r) for r in rows]), f, indent=1)
     with open(os.path.join(args.out_dir, "benchmark.md"), "w") as f:
         peaks = ", ".join(f"{k} {v:.0f}" for k, v in peak.items())
-        native_note = f"; native {args.reduced_precision}: {native}" if args.reduced_precision else ""
-        f.write(f"Device: {name}; torch {torch.__version__}; GEMM peak GFLOP/s: {peaks}{native_note}\n\n"
-                f"{table}\n\n{cache}\n")
+        native_note = "".join(f"; native {p}: {n}" for p, n in native.items())
+        f.write(f"Device: {name}; torch {torch.__version__}; {settings}; GEMM peak GFLOP/s: {peaks}{native_note}"
+                f"\n\n{table}\n\n{cache}\n")
     plot(rows, os.path.join(args.out_dir, "benchmark.png"), f"{name}, torch {torch.__version__}")
     print(f"\nwrote {args.out_dir}/benchmark.json, benchmark.md, benchmark.png")
 

@@ -22,7 +22,6 @@ input's size.
 """
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Iterator, Sequence
 
 import torch
@@ -31,11 +30,10 @@ from torch import Tensor, nn
 
 from .algorithms import Algorithm, ConvProblem
 from .geometry import effective_kernel
-from .planner import choose, deterministic_requested, device_name, resolve_mode
+from .planner import choose, deterministic_requested, resolve_mode
 from .reference import aspp_features_reference, is_capturing
 
 
-@lru_cache(maxsize=256)
 def _border_masks(height: int, width: int, device: torch.device, dtype: torch.dtype):
     """(3, H) and (3, W) masks: does tap k of a 3x3, padding-1 conv land at y/x."""
 
@@ -90,7 +88,7 @@ def conv_problems(x: Tensor, rates: Sequence[int], branch_channels: int, out_cha
     read the map) and the bottleneck's over the concatenated branches."""
     batch, in_channels, height, width = x.shape
     common = dict(batch=batch, height=height, width=width, dtype=str(_compute_dtype(x)).removeprefix("torch."),
-                  device=x.device.type, device_name=device_name(x.device), grad=torch.is_grad_enabled(),
+                  device=x.device.type, grad=torch.is_grad_enabled(),
                   deterministic=deterministic_requested())
     branches = []
     for rate in rates:
@@ -128,6 +126,13 @@ def _branch_input(x: Tensor, algorithms: Sequence[Algorithm]) -> Tensor:
     return x.to(dtype, memory_format=torch.channels_last)
 
 
+def _branch_convs(x: Tensor, branches: Sequence[nn.Module], branch_plan) -> list[Tensor]:
+    """Each branch's convolution, from one shared copy of ``x`` (freed on return)."""
+    x_in = _branch_input(x, [algorithm for _, algorithm in branch_plan])
+    return [algorithm.run([x_in], layer.conv.weight, slice(None), problem)
+            for layer, (problem, algorithm) in zip(branches, branch_plan)]
+
+
 def aspp_features(
     x: Tensor,
     pool_layer: nn.Module,
@@ -152,12 +157,7 @@ def aspp_features(
     height, width = x.shape[2:]
     branch_plan, (last, last_algorithm) = plan(x, branches, rates, bottleneck, mode)
     pooled = pool_layer(F.adaptive_avg_pool2d(x, 1)).flatten(1)
-    x_in = _branch_input(x, [algorithm for _, algorithm in branch_plan])
-    convs: list[Tensor | None] = [
-        algorithm.run([x_in], layer.conv.weight, slice(None), problem)
-        for layer, (problem, algorithm) in zip(branches, branch_plan)
-    ]
-    del x_in
+    convs: list[Tensor | None] = _branch_convs(x, branches, branch_plan)
 
     def normalised() -> Iterator[Tensor]:
         for i, layer in enumerate(branches):

@@ -27,11 +27,11 @@ import os
 import tempfile
 import time
 from contextlib import contextmanager
-from functools import lru_cache
 from typing import Iterator
 
 import torch
 
+from ..hardware import device_model
 from .algorithms import ALGORITHMS, Algorithm, ConvProblem
 from .geometry import phase_groups, valid_tap_fraction
 
@@ -130,7 +130,8 @@ _loaded_files: set[str] = set()
 
 
 def _key(problem: ConvProblem) -> str:
-    return json.dumps(problem._asdict(), sort_keys=True)
+    """The problem and the device model it was measured on."""
+    return json.dumps(dict(problem._asdict(), device_model=device_model(problem.device)), sort_keys=True)
 
 
 def _cache_file() -> str | None:
@@ -206,8 +207,3 @@ def seconds_per_call(algorithm: Algorithm, problem: ConvProblem, repeats: int = 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-@lru_cache(maxsize=None)
-def device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type

@@ -44,6 +44,8 @@ def prepared_weight(weight: Tensor, index: tuple, layout: str, dtype: torch.dtyp
     """
     dtype = dtype or weight.dtype
     view = weight[index]
+    if torch.compiler.is_compiling():  # the compiled graph computes (and may hoist) the layout
+        return _layout(view, layout).to(dtype)
     if torch.is_grad_enabled() and weight.requires_grad:
         # Autograd keeps a convolution's weight until backward: a view of the parameter
         # costs nothing there, a laid-out copy would be held. Convolutions reorder it

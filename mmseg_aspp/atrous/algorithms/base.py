@@ -27,7 +27,6 @@ class ConvProblem(NamedTuple):
     rate: int
     dtype: str
     device: str  # "cpu", "cuda", ...
-    device_name: str
     grad: bool  # autograd records the call (training)
     deterministic: bool  # torch.use_deterministic_algorithms or cudnn.deterministic
 
