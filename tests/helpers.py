@@ -66,6 +66,30 @@ def seg_samples(batch: int, height: int, width: int, num_classes: int, seed: int
     return samples
 
 
+def head_step(head, inputs, train: bool, call=None) -> dict:
+    """What one call produces: logits; in training also the loss, every gradient and BN buffer.
+
+    Args:
+        call: What computes the logits from ``inputs`` (e.g. a compiled ``head``); ``head`` itself by default.
+    """
+    call = head if call is None else call
+    head.train(train)
+    if not train:
+        with torch.no_grad():
+            return {"logits": call(inputs)}
+    inputs = [x.clone().requires_grad_() for x in inputs]
+    batch, _, height, width = inputs[0].shape
+    samples = seg_samples(batch, height * 8, width * 8, num_classes=head.num_classes)
+    torch.manual_seed(0)  # the same Dropout2d mask for heads of one dtype
+    logits = call(inputs)
+    losses = head.loss_by_feat(logits, samples)
+    losses["loss_ce"].backward()
+    out = {"logits": logits.detach(), "loss_ce": losses["loss_ce"].detach(), "input.grad": inputs[0].grad}
+    out.update({f"{name}.grad": p.grad for name, p in head.named_parameters()})
+    out.update({name: b.clone() for name, b in head.named_buffers() if b.is_floating_point()})
+    return out
+
+
 # ----------------------------------------------------------------- comparing to float64
 # Relative to the largest reference magnitude: float64 rounding of these small heads stays
 # below 1e-14; a wrong tap moves results by whole percents.

@@ -125,3 +125,22 @@ def test_winograd_conv3x3_bf16_error_is_close_to_direct_bf16():
     ours = _winograd(x.bfloat16(), winograd_kernel(weight).bfloat16()).float()
     direct_error = (direct - ref).abs().max().item()
     assert (ours - ref).abs().max().item() <= 4 * direct_error  # 2.6x here
+
+
+# Forward, input gradient and Winograd weight gradient against conv2d in float64: plain and
+# dilated, phases of two sizes, odd maps, passes of one tile (1 byte) and of several maps.
+@pytest.mark.parametrize("chunk_bytes", [None, 1, 2000])
+@pytest.mark.parametrize("shape, rate", [((2, 3, 9, 11), 1), ((1, 4, 7, 5), 2), ((2, 3, 13, 29), 3),
+                                         ((1, 2, 12, 12), 6), ((2, 3, 5, 5), 1)])
+def test_trainable_winograd_matches_conv2d_and_its_gradients(shape, rate, chunk_bytes, monkeypatch):
+    if chunk_bytes is not None:
+        monkeypatch.setattr(winograd, "CHUNK_BYTES", chunk_bytes)
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(*shape, generator=gen, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(4, shape[1], 3, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(shape[0], 4, *shape[2:], generator=gen, dtype=torch.float64)
+    ours = winograd.winograd_atrous_conv3x3_trainable(x, weight, rate)
+    ref = F.conv2d(x, weight, padding=rate, dilation=rate)
+    torch.testing.assert_close(ours, ref, atol=1e-12, rtol=0)
+    for got, expected in zip(torch.autograd.grad(ours, (x, weight), grad), torch.autograd.grad(ref, (x, weight), grad)):
+        torch.testing.assert_close(got, expected, atol=1e-12, rtol=0)

@@ -43,9 +43,9 @@ def test_small_run_writes_table_json_and_chart(tmp_path, monkeypatch, capsys):
         assert row["limit_fraction"] > 0
         assert (row["plan"] is not None) == impl.startswith("ours")
     # 16x16 in batches of 2 is 512 pixels: per-tap GEMMs in inference, tap skipping in training;
-    # rates 24 and 36 reach past the map (1x1 crops, dense); the bottleneck is Winograd in inference.
+    # rates 24 and 36 reach past the map (1x1 crops, dense); the bottleneck is Winograd.
     assert rows[("eval", "ours")]["plan"] == "dense+gemm+dense+dense > winograd"
-    assert rows[("train", "ours")]["plan"] == "dense+skip+dense+dense > dense"
+    assert rows[("train", "ours")]["plan"] == "dense+skip+dense+dense > winograd"
     # Same weights and inputs: fp32 decisions match upstream's; bf16 mostly does.
     assert rows[("eval", "ours")]["argmax_agreement"] >= 0.99
     if native:

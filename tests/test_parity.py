@@ -11,8 +11,8 @@ import copy
 import pytest
 import torch
 
-from helpers import (assert_float64_equal, assert_fp32_as_close_as_upstream, perturbed_at_fp32_rounding,
-                     relative_error, seg_samples, twin_heads)
+from helpers import (assert_float64_equal, assert_fp32_as_close_as_upstream, head_step, perturbed_at_fp32_rounding,
+                     relative_error, twin_heads)
 from mmseg_aspp.atrous import conv, gemm, winograd
 from mmseg_aspp.atrous.algorithms import dense as dense_algorithm
 from mmseg_aspp.atrous.algorithms import gemm as gemm_algorithm
@@ -26,25 +26,6 @@ F64 = torch.float64
 def _inputs(batch, height, width, channels, seed=1, dtype=torch.float32):
     gen = torch.Generator().manual_seed(seed)
     return [torch.randn(batch, channels, height, width, generator=gen, dtype=F64).to(dtype)]
-
-
-def head_step(head, inputs, train: bool) -> dict:
-    """What one call produces: logits; in training also losses, every gradient and BN buffer."""
-    head.train(train)
-    if not train:
-        with torch.no_grad():
-            return {"logits": head(inputs)}
-    inputs = [x.clone().requires_grad_() for x in inputs]
-    batch, _, height, width = inputs[0].shape
-    samples = seg_samples(batch, height * 8, width * 8, num_classes=head.num_classes)
-    torch.manual_seed(0)  # the same Dropout2d mask for heads of one dtype
-    logits = head(inputs)
-    losses = head.loss_by_feat(logits, samples)
-    losses["loss_ce"].backward()
-    out = {"logits": logits.detach(), "loss_ce": losses["loss_ce"].detach(), "input.grad": inputs[0].grad}
-    out.update({f"{name}.grad": p.grad for name, p in head.named_parameters()})
-    out.update({name: b.clone() for name, b in head.named_buffers() if b.is_floating_point()})
-    return out
 
 
 # ----------------------------------------------------------------- float64: every path
@@ -79,7 +60,7 @@ def _planned(case, forced, train):
 def test_float64_equal_to_mmseg_on_every_path(case, forced, train):
     branches, last = _planned(case, forced, train)
     if forced is not None and forced not in {name for _, name in branches} | {last}:
-        pytest.skip(f"{forced} takes no convolution here (Winograd: full 3x3 kernels in inference only)")
+        pytest.skip(f"{forced} takes no convolution here")
     batch, height, width, rates = CASES[case]
     ours, upstream = twin_heads(dilations=rates, **HEAD)
     ours.double(), upstream.double()
@@ -91,8 +72,8 @@ def test_float64_equal_to_mmseg_on_every_path(case, forced, train):
 
 def test_every_algorithm_and_crop_is_forced_somewhere():
     """The cases above make each algorithm run on branches and on the bottleneck, in eval
-    and (except Winograd) in training, on every kernel crop; and the heuristic's own plans
-    use every algorithm."""
+    and in training, on every kernel crop it takes; and the heuristic's own plans use every
+    algorithm."""
     ran, crops, planned = set(), set(), set()
     for case in CASES:
         for train in (False, True):
@@ -104,9 +85,8 @@ def test_every_algorithm_and_crop_is_forced_somewhere():
                 ran.add((last, "bottleneck", train))
                 crops.update(problem.kernel for problem, name in branches if name == forced)
     for name in ALGORITHMS:
-        for train in (False, True) if name != "winograd" else (False,):
+        for train in (False, True):
             assert {(name, "branch", train), (name, "bottleneck", train)} <= ran, name
-    assert ("winograd", "branch", True) not in ran
     assert {(3, 3), (1, 3), (3, 1), (1, 1)} <= crops
     assert planned == set(ALGORITHMS)
 

@@ -46,10 +46,11 @@ SKIP_TAPS_BELOW = 0.92
 # Up to this many output pixels (batch x H x W) per-tap GEMMs beat direct convolution in
 # inference; with autograd their region-wise backward does not.
 GEMM_MAX_PIXELS = 512
-# In inference a full 3x3 branch runs as Winograd when that takes at most this share of the
-# multiplications of its valid taps. Measured at 2048 -> 512 channels against tap skipping:
-# at shares of 0.76 and 0.65 it was 1.13x and 1.23x faster (128x256, rates 36 and 24), at
-# 0.95 1.11x slower (64x128, rate 24).
+# A full 3x3 branch runs as Winograd when that takes at most this share of the multiplications
+# of its valid taps. Measured at 2048 -> 512 channels against tap skipping, in inference: at
+# shares of 0.76 and 0.65 1.13x and 1.23x faster (128x256, rates 36 and 24), at 0.95 1.11x
+# slower (64x128, rate 24); a training step (batch 2): 0.65 1.19x faster (97x97, rate 24),
+# 0.73 a tie (64x64, rate 12), 0.95 1.18x slower (64x128, rate 24).
 WINOGRAD_BELOW = 0.8
 
 _forced: str | None = None
@@ -102,15 +103,15 @@ def preferences(problem: ConvProblem) -> tuple[str, ...]:
     if problem.kernel == (1, 1):
         return ("dense",)
     if problem.rate == 1:  # the bottleneck
-        return ("dense",) if problem.grad else ("winograd", "dense")
+        return ("winograd", "dense")
     height, width, rate = problem.height, problem.width, problem.rate
-    small = problem.batch * height * width <= GEMM_MAX_PIXELS
-    if not problem.grad and problem.kernel == (3, 3) and not small \
-            and winograd_share(height, width, rate) <= WINOGRAD_BELOW:
-        return ("winograd", "skip", "dense")
-    if valid_tap_fraction(height, rate) * valid_tap_fraction(width, rate) >= SKIP_TAPS_BELOW:
-        return ("dense",)
-    return ("gemm", "skip", "dense") if small and not problem.grad else ("skip", "dense")
+    nearly_full = valid_tap_fraction(height, rate) * valid_tap_fraction(width, rate) >= SKIP_TAPS_BELOW
+    direct = ("dense", "skip") if nearly_full else ("skip", "dense")
+    if problem.batch * height * width <= GEMM_MAX_PIXELS:
+        return direct if problem.grad else ("gemm", *direct)
+    if problem.kernel == (3, 3) and winograd_share(height, width, rate) <= WINOGRAD_BELOW:
+        return ("winograd", *direct)
+    return direct
 
 
 def choose(problem: ConvProblem, mode: str) -> Algorithm:

@@ -77,25 +77,49 @@ def _tile_chunks(batch: int, tiles_h: int, tiles_w: int, max_tiles: int):
             yield slice(n, n + 1), slice(i, min(i + band, tiles_h))
 
 
+def _input_tiles(padded: Tensor) -> Tensor:
+    """``B^T d B`` of every tile of a zero-padded piece (N, 2 * th + 2, 2 * tw + 2, C): (4, 4, N, th, tw, C)."""
+    batch, padded_h, padded_w, channels = padded.shape
+    tiles_h, tiles_w = (padded_h - 2) // 2, (padded_w - 2) // 2
+    # Tile (i, j) reads padded rows 2i..2i+3 and columns 2j..2j+3.
+    rows = padded.new_empty(4, batch, tiles_h, padded_w, channels)
+    _input_transform(*(padded[:, k : k + 2 * tiles_h - 1 : 2] for k in range(4)), out=rows)
+    tiles = padded.new_empty(4, 4, batch, tiles_h, tiles_w, channels)
+    for a in range(4):
+        _input_transform(*(rows[a][:, :, k : k + 2 * tiles_w - 1 : 2] for k in range(4)), out=tiles[a])
+    return tiles
+
+
 def _winograd_tiles(padded: Tensor, kernel: Tensor, out: Tensor) -> None:
     """All tiles of a zero-padded piece (N, 2 * th + 2, 2 * tw + 2, C_in) into ``out``.
 
     ``out`` is (N, th, 2, tw, 2, C_out): row and column within each tile's 2x2 block.
     """
-    batch, padded_h, padded_w, in_ch = padded.shape
-    tiles_h, tiles_w = (padded_h - 2) // 2, (padded_w - 2) // 2
-    out_ch = kernel.shape[2]
-    # Tile (i, j) reads padded rows 2i..2i+3 and columns 2j..2j+3.
-    rows = padded.new_empty(4, batch, tiles_h, padded_w, in_ch)
-    _input_transform(*(padded[:, k : k + 2 * tiles_h - 1 : 2] for k in range(4)), out=rows)
-    tiles = padded.new_empty(4, 4, batch, tiles_h, tiles_w, in_ch)
-    for a in range(4):
-        _input_transform(*(rows[a][:, :, k : k + 2 * tiles_w - 1 : 2] for k in range(4)), out=tiles[a])
-    products = torch.bmm(tiles.view(16, -1, in_ch), kernel).view(4, 4, batch, tiles_h, tiles_w, out_ch)
-    half = products.new_empty(2, 4, batch, tiles_h, tiles_w, out_ch)
+    tiles = _input_tiles(padded)
+    shape = tiles.shape[:5]
+    products = torch.bmm(tiles.view(16, -1, tiles.shape[-1]), kernel).view(*shape, kernel.shape[2])
+    half = products.new_empty(2, *shape[1:], kernel.shape[2])
     _output_transform(*products, half[0], half[1])
     for i in range(2):
         _output_transform(*half[i], out[:, :, i, :, 0], out[:, :, i, :, 1])
+
+
+def _grad_transform(g0: Tensor, g1: Tensor, out: Tensor) -> None:
+    """``A g`` along one axis, the adjoint of the output transform: 2 values to 4."""
+    out[0].copy_(g0)
+    torch.add(g0, g1, out=out[1])
+    torch.sub(g0, g1, out=out[2])
+    torch.neg(g1, out=out[3])
+
+
+def _grad_tiles(blocks: Tensor) -> Tensor:
+    """``A dY A^T`` of every 2x2 block (N, th, 2, tw, 2, C) of an output gradient: (4, 4, N, th, tw, C)."""
+    rows = blocks.new_empty(4, *blocks.shape[:2], *blocks.shape[3:])
+    _grad_transform(blocks[:, :, 0], blocks[:, :, 1], rows)
+    tiles = blocks.new_empty(4, 4, blocks.shape[0], blocks.shape[1], blocks.shape[3], blocks.shape[5])
+    for a in range(4):
+        _grad_transform(rows[a][:, :, :, 0], rows[a][:, :, :, 1], tiles[a])
+    return tiles
 
 
 def _padded_length(length: int) -> int:
@@ -196,3 +220,90 @@ def winograd_atrous_conv3x3(x: Tensor, kernel: Tensor, rate: int) -> Tensor:
                 result = winograd_conv3x3(buffer, kernel, count_h, count_w).permute(0, 2, 3, 1)
                 dst[:, a : a + taken] = result.view(batch, taken, col_phases, count_h, count_w, out_ch)
     return out
+
+
+def winograd_atrous_weight_grad(x: Tensor, grad: Tensor, rate: int) -> Tensor:
+    """Gradient of ``conv2d(x, w, padding=rate, dilation=rate)``'s 3x3 kernel, by Winograd.
+
+    F(2x2, 3x3) is linear in the kernel, so its adjoint gives the weight gradient: for
+    each of the 16 transformed positions, a GEMM of the transformed output gradient
+    (``A dY A^T``) with the transformed input tiles (``B^T d B``), summed over all tiles,
+    then ``G^T . G`` back to 3x3: 2.25x fewer multiplications than one GEMM per tap.
+
+    Args:
+        x: Input (N, H, W, C), any strides.
+        grad: Output gradient (N, H, W, O), any strides, in ``x``'s dtype.
+        rate: Dilation (and padding) of the convolution.
+
+    Returns:
+        (O, C, 3, 3), accumulated in float32 or wider.
+    """
+    batch, height, width, in_ch = x.shape
+    out_ch = grad.shape[3]
+    transformed = x.new_zeros(16, out_ch, in_ch, dtype=torch.promote_types(x.dtype, torch.float32))
+    max_tiles = max(1, CHUNK_BYTES // (16 * max(in_ch, out_ch) * x.element_size()))
+    for rows in phase_groups(height, rate):
+        for cols in phase_groups(width, rate):
+            src, grad_src = _phase_view(x, rows, cols, rate), _phase_view(grad, rows, cols, rate)
+            row_phases, col_phases, count_h, count_w = src.shape[1:5]
+            map_bytes = _padded_length(count_h) * _padded_length(count_w) * in_ch * x.element_size()
+            step = max(1, CHUNK_BYTES // (batch * col_phases * map_bytes))
+            tiles_h, tiles_w = (count_h + 1) // 2, (count_w + 1) // 2
+            for a in range(0, row_phases, step):
+                taken = min(step, row_phases - a)
+                maps = batch * taken * col_phases
+                buffer, interior = winograd_input(maps, in_ch, count_h, count_w, x)
+                interior.permute(0, 2, 3, 1).view(batch, taken, col_phases, count_h, count_w, in_ch).copy_(
+                    src[:, a : a + taken])
+                # Output positions past the map (rounding up to whole tiles) get a zero gradient.
+                blocks = grad.new_zeros(batch, taken, col_phases, 2 * tiles_h, 2 * tiles_w, out_ch)
+                blocks[..., :count_h, :count_w, :] = grad_src[:, a : a + taken]
+                blocks = blocks.view(maps, tiles_h, 2, tiles_w, 2, out_ch)
+                for images, tile_rows in _tile_chunks(maps, tiles_h, tiles_w, max_tiles):
+                    buffer_rows = slice(2 * tile_rows.start, 2 * tile_rows.stop + 2)
+                    tiles = _input_tiles(buffer[images, buffer_rows]).view(16, -1, in_ch)
+                    grad_tiles = _grad_tiles(blocks[images, tile_rows]).view(16, -1, out_ch)
+                    transformed.baddbmm_(grad_tiles.transpose(1, 2).to(transformed.dtype), tiles.to(transformed.dtype))
+    g = torch.tensor(_G, dtype=transformed.dtype, device=x.device)
+    return torch.einsum("ak,aboc,bl->ockl", g, transformed.view(4, 4, out_ch, in_ch), g)
+
+
+class _WinogradAtrousConv(torch.autograd.Function):
+    """Forward, input gradient and weight gradient as phase-wise Winograd; only the input and
+    the weight are kept for backward, as for a plain convolution."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, rate: int) -> Tensor:
+        ctx.rate = rate
+        ctx.save_for_backward(x, weight)
+        kernel = winograd_kernel(weight).to(x.dtype)
+        return winograd_atrous_conv3x3(x.permute(0, 2, 3, 1), kernel, rate).permute(0, 3, 1, 2)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, weight = ctx.saved_tensors
+        rate = ctx.rate
+        grad_x = grad_weight = None
+        if ctx.needs_input_grad[0]:
+            # The transposed convolution of a "same" conv: the flipped, transposed kernel.
+            kernel = winograd_kernel(weight.transpose(0, 1).flip(2, 3)).to(grad.dtype)
+            grad_hwc = grad.permute(0, 2, 3, 1)
+            grad_x = winograd_atrous_conv3x3(grad_hwc, kernel, rate).permute(0, 3, 1, 2).to(x.dtype)
+        if ctx.needs_input_grad[1]:
+            grad_weight = winograd_atrous_weight_grad(x.to(grad.dtype).permute(0, 2, 3, 1), grad.permute(0, 2, 3, 1),
+                                                      rate).to(weight.dtype)
+        return grad_x, grad_weight, None
+
+
+def winograd_atrous_conv3x3_trainable(x: Tensor, weight: Tensor, rate: int) -> Tensor:
+    """``conv2d(x, weight, padding=rate, dilation=rate)`` without bias, differentiable.
+
+    Args:
+        x: Input (N, C, H, W), NCHW or channels-last.
+        weight: 3x3 kernel (O, C, 3, 3); cast to ``x``'s dtype for the computation.
+        rate: Dilation (and padding); 1 for a plain 3x3 convolution.
+
+    Returns:
+        (N, O, H, W) in channels-last memory format.
+    """
+    return _WinogradAtrousConv.apply(x, weight, rate)

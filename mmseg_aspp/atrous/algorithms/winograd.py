@@ -1,24 +1,29 @@
-"""Winograd's F(2x2, 3x3) on each phase of the map: 2.25x fewer multiplications, inference only."""
+"""Winograd's F(2x2, 3x3) on each phase of the map: 2.25x fewer multiplications."""
 from __future__ import annotations
 
 from ..weights import prepared_weight
-from ..winograd import winograd_atrous_conv3x3, winograd_conv3x3, winograd_input
+from ..winograd import (winograd_atrous_conv3x3, winograd_atrous_conv3x3_trainable, winograd_conv3x3,
+                        winograd_input)
 from .base import Algorithm, concatenated
 
 
 class Winograd(Algorithm):
     """A rate-r 3x3 filter only combines pixels of one phase (y mod r, x mod r), on which it is a
-    plain 3x3; each phase runs as F(2x2, 3x3). At rate 1 (the bottleneck) the channel pieces are
-    written straight into the zero-bordered input and freed, so no concatenation is built.
-    Training keeps other algorithms: autograd would hold the transformed tiles, 4x the input."""
+    plain 3x3; each phase runs as F(2x2, 3x3). In inference at rate 1 (the bottleneck) the
+    channel pieces are written straight into the zero-bordered input and freed, so no
+    concatenation is built. With autograd the input gradient runs the same way and the weight
+    gradient as one GEMM per tap; autograd keeps only the input, never the transformed tiles."""
 
     name = "winograd"
     input_layout = "channels_last"
 
     def supports(self, problem):
-        return not problem.grad and problem.kernel == (3, 3)
+        return problem.kernel == (3, 3)
 
     def run(self, inputs, weight, channels, problem):
+        if problem.grad:
+            x = concatenated(inputs)
+            return winograd_atrous_conv3x3_trainable(x, weight[:, channels], problem.rate)
         if problem.rate > 1:
             x = concatenated(inputs)
             kernel = prepared_weight(weight, (slice(None), channels), "winograd", x.dtype)
