@@ -144,3 +144,14 @@ def test_trainable_winograd_matches_conv2d_and_its_gradients(shape, rate, chunk_
     torch.testing.assert_close(ours, ref, atol=1e-12, rtol=0)
     for got, expected in zip(torch.autograd.grad(ours, (x, weight), grad), torch.autograd.grad(ref, (x, weight), grad)):
         torch.testing.assert_close(got, expected, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("shape, rate", [((2, 3, 9, 11), 1), ((1, 4, 7, 5), 2), ((2, 3, 13, 29), 3),
+                                         ((1, 2, 12, 12), 6), ((1, 3, 4, 30), 12)])
+def test_whole_tensor_winograd_matches_dilated_conv2d(shape, rate):
+    """The form torch.compile traces: phases by padding and reshaping, tiles by slicing."""
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(*shape, generator=gen, dtype=torch.float64)
+    weight = torch.randn(4, shape[1], 3, 3, generator=gen, dtype=torch.float64)
+    ours = winograd.winograd_atrous_conv3x3_graph(x, winograd_kernel(weight), rate)
+    torch.testing.assert_close(ours, F.conv2d(x, weight, padding=rate, dilation=rate), atol=1e-12, rtol=0)

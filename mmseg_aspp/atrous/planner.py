@@ -17,8 +17,8 @@ Modes (the head's ``plan`` argument):
   (mmseg's configs turn it on through ``env_cfg.cudnn_benchmark``), else ``"heuristic"``.
   Measured plans depend on timing noise and so on rounding; CPU runs stay reproducible.
 
-Under ``torch.compile`` the heuristic runs, restricted to algorithms that compile without
-graph breaks.
+Under ``torch.compile`` the heuristic runs (timing needs eager calls); every algorithm
+compiles without graph breaks (Winograd in a whole-tensor form).
 """
 from __future__ import annotations
 
@@ -36,8 +36,6 @@ from .algorithms import ALGORITHMS, Algorithm, ConvProblem
 from .geometry import phase_groups, valid_tap_fraction
 
 MODES = ("auto", "heuristic", "measure", "reference")
-# Runs that compile to one graph (Winograd writes through non-contiguous out= views).
-COMPILES = ("dense", "skip", "gemm")
 
 # Below this 2-D valid-tap fraction a dilated conv is faster channels-last with tap skipping;
 # above it the plain dense (NCHW) convolution wins or ties. Measured: at 128x256 rate 12
@@ -121,8 +119,7 @@ def choose(problem: ConvProblem, mode: str) -> Algorithm:
         return ALGORITHMS[_forced]
     if mode == "measure" and not compiling:
         return ALGORITHMS[_measured(problem)]
-    allowed = COMPILES if compiling else ALGORITHMS
-    return ALGORITHMS[next(n for n in preferences(problem) if n in allowed and ALGORITHMS[n].supports(problem))]
+    return ALGORITHMS[next(n for n in preferences(problem) if ALGORITHMS[n].supports(problem))]
 
 
 # ----------------------------------------------------------------- measuring

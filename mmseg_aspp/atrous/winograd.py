@@ -20,6 +20,7 @@ space-to-batch form in which DeepLab first ran atrous convolution).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .geometry import phase_groups
@@ -307,3 +308,47 @@ def winograd_atrous_conv3x3_trainable(x: Tensor, weight: Tensor, rate: int) -> T
         (N, O, H, W) in channels-last memory format.
     """
     return _WinogradAtrousConv.apply(x, weight, rate)
+
+
+def _input_transformed(d0: Tensor, d1: Tensor, d2: Tensor, d3: Tensor, dim: int) -> Tensor:
+    """``B^T d`` along one axis as a new tensor (``_input_transform`` writes into a buffer)."""
+    return torch.stack((d0 - d2, d1 + d2, d2 - d1, d1 - d3), dim=dim)
+
+
+def _output_transformed(m0: Tensor, m1: Tensor, m2: Tensor, m3: Tensor, dim: int) -> Tensor:
+    """``A^T m`` along one axis as a new tensor."""
+    return torch.stack((m0 + m1 + m2, m1 - m2 - m3), dim=dim)
+
+
+def winograd_atrous_conv3x3_graph(x: Tensor, kernel: Tensor, rate: int) -> Tensor:
+    """The phase-wise F(2x2, 3x3) convolution as whole-tensor ops, for ``torch.compile``.
+
+    No chunks, no ``out=`` views, no strided gathers: the map is zero-padded to whole
+    phases and reshaped into one batch of phase maps, whose tiles are transformed with
+    strided slices and stacks that a compiler fuses. It is differentiable as written.
+    Eager runs keep the chunked form, whose memory stays bounded.
+
+    Args:
+        x: Input (N, C, H, W).
+        kernel: ``winograd_kernel(weight)`` in ``x``'s dtype.
+        rate: Dilation (and padding) of the convolution.
+
+    Returns:
+        (N, C_out, H, W).
+    """
+    batch, channels, height, width = x.shape
+    out_ch = kernel.shape[2]
+    phase_h, phase_w = -(-height // rate), -(-width // rate)
+    tiles_h, tiles_w = (phase_h + 1) // 2, (phase_w + 1) // 2
+    hwc = F.pad(x.permute(0, 2, 3, 1), (0, 0, 0, phase_w * rate - width, 0, phase_h * rate - height))
+    phases = hwc.reshape(batch, phase_h, rate, phase_w, rate, channels).permute(0, 2, 4, 1, 3, 5)
+    phases = phases.reshape(batch * rate * rate, phase_h, phase_w, channels)
+    padded = F.pad(phases, (0, 0, 1, 2 * tiles_w - phase_w + 1, 1, 2 * tiles_h - phase_h + 1))
+    rows = _input_transformed(*(padded[:, k : k + 2 * tiles_h - 1 : 2] for k in range(4)), dim=0)
+    tiles = _input_transformed(*(rows[:, :, :, k : k + 2 * tiles_w - 1 : 2] for k in range(4)), dim=1)
+    products = torch.bmm(tiles.reshape(16, -1, channels), kernel).view(4, 4, -1, tiles_h, tiles_w, out_ch)
+    half = _output_transformed(*products.unbind(1), dim=4)  # over tile columns: (4, maps, th, tw, 2, O)
+    out = _output_transformed(*half.unbind(0), dim=2)  # over tile rows: (maps, th, 2, tw, 2, O)
+    out = out.reshape(-1, 2 * tiles_h, 2 * tiles_w, out_ch)[:, :phase_h, :phase_w]
+    out = out.reshape(batch, rate, rate, phase_h, phase_w, out_ch).permute(0, 3, 1, 4, 2, 5)
+    return out.reshape(batch, phase_h * rate, phase_w * rate, out_ch)[:, :height, :width].permute(0, 3, 1, 2)

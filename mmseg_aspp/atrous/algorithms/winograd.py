@@ -1,9 +1,11 @@
 """Winograd's F(2x2, 3x3) on each phase of the map: 2.25x fewer multiplications."""
 from __future__ import annotations
 
+import torch
+
 from ..weights import prepared_weight
-from ..winograd import (winograd_atrous_conv3x3, winograd_atrous_conv3x3_trainable, winograd_conv3x3,
-                        winograd_input)
+from ..winograd import (winograd_atrous_conv3x3, winograd_atrous_conv3x3_graph, winograd_atrous_conv3x3_trainable,
+                        winograd_conv3x3, winograd_input)
 from .base import Algorithm, concatenated
 
 
@@ -26,6 +28,10 @@ class Winograd(Algorithm):
         return problem.kernel == (3, 3) and not reduced_training
 
     def run(self, inputs, weight, channels, problem):
+        if torch.compiler.is_compiling():
+            x = concatenated(inputs)
+            kernel = prepared_weight(weight, (slice(None), channels), "winograd", x.dtype)
+            return winograd_atrous_conv3x3_graph(x, kernel, problem.rate)
         if problem.grad:
             x = concatenated(inputs)
             return winograd_atrous_conv3x3_trainable(x, weight[:, channels], problem.rate)
