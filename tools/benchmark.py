@@ -460,6 +460,8 @@ def main(argv=None) -> None:
     parser.add_argument("--compile", action="store_true", help="also time both heads under torch.compile")
     parser.add_argument("--tf32", choices=["default", "on", "off"], default="default",
                         help="TF32 for CUDA matmuls and convolutions (PyTorch's default: convolutions only)")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="cudnn.deterministic on (and cudnn.benchmark off), as mmseg's randomness.deterministic")
     parser.add_argument("--no-model", action="store_true", help="skip the whole R101-D8 model timings")
     parser.add_argument("--quick", action="store_true", help="32x32 and 16x16, batch 2, 2 repeats, no model")
     parser.add_argument("--out-dir", default="work_dirs/benchmark")
@@ -470,7 +472,9 @@ def main(argv=None) -> None:
     init_default_scope("mmseg")
     device = torch.device(args.device)
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # as mmseg's configs set it (env_cfg.cudnn_benchmark)
+        # As mmseg's configs set them: env_cfg.cudnn_benchmark, randomness.deterministic.
+        torch.backends.cudnn.benchmark = not args.deterministic
+        torch.backends.cudnn.deterministic = args.deterministic
         if args.tf32 != "default":
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.tf32 == "on"
     args.reduced_precision = resolve_reduced_precision(args.reduced_precision, device)
@@ -505,7 +509,8 @@ def main(argv=None) -> None:
              f"{cache_mb:.0f} MB, not in peak MB")
     settings = f"plan {args.plan}; compile {args.compile}"
     if device.type == "cuda":
-        settings += (f"; cudnn.benchmark on; TF32 matmul {torch.backends.cuda.matmul.allow_tf32}, "
+        settings += (f"; cudnn.benchmark {torch.backends.cudnn.benchmark}, deterministic "
+                     f"{torch.backends.cudnn.deterministic}; TF32 matmul {torch.backends.cuda.matmul.allow_tf32}, "
                      f"conv {torch.backends.cudnn.allow_tf32}")
     print(f"\nDevice: {name}; {settings}\n\n{table}\n\n{cache}")
     meta = dict(device=name, torch=torch.__version__, gemm_peak_gflops=peak, rates=RATES,
