@@ -11,9 +11,10 @@ from mmseg.structures import SegDataSample
 import mmseg_aspp  # noqa: F401  (registers mmseg_aspp.ASPPHead)
 
 
-def head_cfg(impl: str, **overrides) -> dict:
+def head_cfg(impl: str, head: str = "ASPPHead", **overrides) -> dict:
+    """A small head config: ``impl`` "ours" or "upstream"; ``head`` ASPPHead or DepthwiseSeparableASPPHead."""
     cfg = dict(
-        type="mmseg_aspp.ASPPHead" if impl == "ours" else "ASPPHead",
+        type=f"mmseg_aspp.{head}" if impl == "ours" else head,
         in_channels=16,
         channels=8,
         num_classes=5,
@@ -42,10 +43,10 @@ def randomize_(module: torch.nn.Module, seed: int = 0) -> None:
             tensor.copy_(values)
 
 
-def twin_heads(**overrides):
+def twin_heads(head: str = "ASPPHead", **overrides):
     """(ours, upstream) heads built from one config, with identical weights."""
-    ours = MODELS.build(head_cfg("ours", **overrides))
-    upstream = MODELS.build(head_cfg("upstream", **overrides))
+    ours = MODELS.build(head_cfg("ours", head, **overrides))
+    upstream = MODELS.build(head_cfg("upstream", head, **overrides))
     randomize_(upstream)
     missing, unexpected = ours.load_state_dict(upstream.state_dict(), strict=True)
     assert not missing and not unexpected
@@ -84,7 +85,8 @@ def head_step(head, inputs, train: bool, call=None) -> dict:
     logits = call(inputs)
     losses = head.loss_by_feat(logits, samples)
     losses["loss_ce"].backward()
-    out = {"logits": logits.detach(), "loss_ce": losses["loss_ce"].detach(), "input.grad": inputs[0].grad}
+    out = {"logits": logits.detach(), "loss_ce": losses["loss_ce"].detach()}
+    out.update({f"input{i}.grad": x.grad for i, x in enumerate(inputs) if x.grad is not None})
     out.update({f"{name}.grad": p.grad for name, p in head.named_parameters()})
     out.update({name: b.clone() for name, b in head.named_buffers() if b.is_floating_point()})
     return out

@@ -21,11 +21,22 @@ def _load(path):
     return cfg
 
 
+FAMILIES = {"deeplabv3": "ASPPHead", "deeplabv3plus": "DepthwiseSeparableASPPHead"}
+
+
+def _family(path):
+    """(family, is the upstream twin) from a config's path."""
+    folder, name = path.split(os.sep)[-2:]
+    twin = folder.endswith("_upstream")
+    return (folder.removesuffix("_upstream") if folder != "demo" else name.split("_")[0]), twin
+
+
 def test_every_recipe_has_an_upstream_twin():
-    ours = {os.path.basename(c) for c in CONFIGS if os.sep + "deeplabv3_upstream" + os.sep not in c}
-    twins = {os.path.basename(c) for c in CONFIGS if os.sep + "deeplabv3_upstream" + os.sep in c}
-    assert ours == twins
-    assert len(ours) >= 16
+    for family in FAMILIES:
+        ours = {os.path.basename(c) for c in CONFIGS if _family(c) == (family, False)}
+        twins = {os.path.basename(c) for c in CONFIGS if _family(c) == (family, True)}
+        assert ours == twins, family
+        assert len(ours) >= 13, family
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.relpath(p, os.path.join(ROOT, "configs")))
@@ -33,17 +44,18 @@ def test_config_builds(path):
     cfg = _load(path)
     assert cfg.custom_imports["imports"] == ["mmseg_aspp"]
     model = MODELS.build(cfg.model)
-    is_twin = os.sep + "deeplabv3_upstream" + os.sep in path
+    family, is_twin = _family(path)
     assert isinstance(model.decode_head, ASPPHead) != is_twin
-    assert type(model.decode_head).__name__ == "ASPPHead"
+    assert type(model.decode_head).__name__ == FAMILIES[family]
 
 
-def test_twin_differs_only_in_head_type():
-    name = "deeplabv3_r101-d8_4xb2-80k_cityscapes-512x1024.py"
-    ours = _load(os.path.join(ROOT, "configs", "deeplabv3", name)).to_dict()
-    twin = _load(os.path.join(ROOT, "configs", "deeplabv3_upstream", name)).to_dict()
-    assert ours["model"]["decode_head"].pop("type") == "mmseg_aspp.ASPPHead"
-    assert twin["model"]["decode_head"].pop("type") == "ASPPHead"
+@pytest.mark.parametrize("family, name", [("deeplabv3", "deeplabv3_r101-d8_4xb2-80k_cityscapes-512x1024.py"),
+                                          ("deeplabv3plus", "deeplabv3plus_r101-d8_4xb2-80k_cityscapes-512x1024.py")])
+def test_twin_differs_only_in_head_type(family, name):
+    ours = _load(os.path.join(ROOT, "configs", family, name)).to_dict()
+    twin = _load(os.path.join(ROOT, "configs", f"{family}_upstream", name)).to_dict()
+    assert ours["model"]["decode_head"].pop("type") == f"mmseg_aspp.{FAMILIES[family]}"
+    assert twin["model"]["decode_head"].pop("type") == FAMILIES[family]
     assert ours == twin
 
 

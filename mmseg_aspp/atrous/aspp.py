@@ -32,6 +32,7 @@ from .algorithms import Algorithm, ConvProblem
 from .geometry import effective_kernel
 from .planner import choose, deterministic_requested, resolve_mode
 from .reference import aspp_features_reference, is_capturing
+from .weights import prepared_weight
 
 
 def _border_masks(height: int, width: int, device: torch.device, dtype: torch.dtype):
@@ -82,35 +83,41 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
     return x.dtype
 
 
-def conv_problems(x: Tensor, rates: Sequence[int], branch_channels: int, out_channels: int,
-                  bottleneck_in: int) -> tuple[list[ConvProblem], ConvProblem]:
-    """The convolutions of one ASPP call: each branch's (kernel cropped to the taps that
-    read the map) and the bottleneck's over the concatenated branches."""
-    batch, in_channels, height, width = x.shape
+def _planned_conv(branch: nn.Module) -> nn.Module:
+    """The ConvModule of a branch whose convolution the planner handles: the branch itself, or
+    the pointwise part of a depthwise-separable branch (DeepLabV3+)."""
+    return getattr(branch, "pointwise_conv", branch)
+
+
+def conv_problems(x: Tensor, branches: Sequence[nn.Module], rates: Sequence[int],
+                  bottleneck_in: int, out_channels: int) -> tuple[list[ConvProblem], ConvProblem]:
+    """The convolutions of one ASPP call: each branch's (kernel cropped to the taps that read
+    the map; 1x1 for a separable branch's pointwise part) and the bottleneck's over the
+    concatenated branches."""
+    batch, _, height, width = x.shape
     common = dict(batch=batch, height=height, width=width, dtype=str(_compute_dtype(x)).removeprefix("torch."),
-                  device=x.device.type, grad=torch.is_grad_enabled(),
-                  deterministic=deterministic_requested())
-    branches = []
-    for rate in rates:
-        if rate == 1:  # the 1x1 branch
-            size, rows, cols, padding = 1, slice(0, 1), slice(0, 1), (0, 0)
+                  device=x.device.type, grad=torch.is_grad_enabled(), deterministic=deterministic_requested())
+    problems = []
+    for branch, rate in zip(branches, rates):
+        conv = _planned_conv(branch).conv
+        if conv.kernel_size == (1, 1):
+            size, rate, (rows, cols, padding) = 1, 1, (slice(0, 1), slice(0, 1), (0, 0))
         else:
             size, (rows, cols, padding) = 3, effective_kernel(height, width, rate)
-        branches.append(ConvProblem(in_channels=in_channels, out_channels=branch_channels, kernel_size=size,
+        problems.append(ConvProblem(in_channels=conv.in_channels, out_channels=conv.out_channels, kernel_size=size,
                                     rows=(rows.start, rows.stop), cols=(cols.start, cols.stop),
                                     padding=padding, rate=rate, **common))
     bottleneck = ConvProblem(in_channels=bottleneck_in, out_channels=out_channels, kernel_size=3, rows=(0, 3),
                              cols=(0, 3), padding=(1, 1), rate=1, **common)
-    return branches, bottleneck
+    return problems, bottleneck
 
 
 def plan(x: Tensor, branches: Sequence[nn.Module], rates: Sequence[int], bottleneck: nn.Module,
          mode: str = "auto") -> tuple[list[tuple[ConvProblem, Algorithm]], tuple[ConvProblem, Algorithm]]:
     """The algorithm each convolution of ``aspp_features(x, ...)`` runs with (mode not ``reference``)."""
     mode = resolve_mode(mode, x.device)
-    n_branches = sum(b.conv.out_channels for b in branches)
-    problems, last = conv_problems(x, rates, branches[0].conv.out_channels, bottleneck.conv.out_channels,
-                                   n_branches)
+    branch_channels = sum(_planned_conv(b).conv.out_channels for b in branches)
+    problems, last = conv_problems(x, branches, rates, branch_channels, bottleneck.conv.out_channels)
     return [(p, choose(p, mode)) for p in problems], (last, choose(last, mode))
 
 
@@ -126,11 +133,22 @@ def _branch_input(x: Tensor, algorithms: Sequence[Algorithm]) -> Tensor:
     return x.to(dtype, memory_format=torch.channels_last)
 
 
-def _branch_convs(x: Tensor, branches: Sequence[nn.Module], branch_plan) -> list[Tensor]:
-    """Each branch's convolution, from one shared copy of ``x`` (freed on return)."""
+def _depthwise(layer: nn.Module, x: Tensor, rate: int) -> Tensor:
+    """A depthwise dilated ConvModule with its kernel cropped to the taps that read the map."""
+    rows, cols, padding = effective_kernel(x.shape[2], x.shape[3], rate)
+    weight = prepared_weight(layer.conv.weight, (slice(None), slice(None), rows, cols), "contiguous", x.dtype)
+    return _norm_act(layer, F.conv2d(x, weight, None, 1, padding, rate, x.shape[1]))
+
+
+def _branch_convs(x: Tensor, branches: Sequence[nn.Module], rates: Sequence[int], branch_plan) -> list[Tensor]:
+    """Each branch's planned convolution (after a separable branch's depthwise part), from one
+    shared copy of ``x`` (freed on return)."""
     x_in = _branch_input(x, [algorithm for _, algorithm in branch_plan])
-    return [algorithm.run([x_in], layer.conv.weight, slice(None), problem)
-            for layer, (problem, algorithm) in zip(branches, branch_plan)]
+    outs = []
+    for branch, rate, (problem, algorithm) in zip(branches, rates, branch_plan):
+        source = _depthwise(branch.depthwise_conv, x_in, rate) if hasattr(branch, "depthwise_conv") else x_in
+        outs.append(algorithm.run([source], _planned_conv(branch).conv.weight, slice(None), problem))
+    return outs
 
 
 def aspp_features(
@@ -146,7 +164,8 @@ def aspp_features(
     Args:
         x: Feature map (N, C_in, H, W).
         pool_layer: 1x1 ConvModule applied to the globally pooled features.
-        branches: One ConvModule per rate (1x1 for rate 1, 3x3 dilated otherwise).
+        branches: One module per rate: a 1x1 ConvModule for rate 1, otherwise a 3x3 dilated
+            ConvModule (DeepLabV3) or a depthwise-separable one (DeepLabV3+).
         rates: Atrous rates, aligned with ``branches``.
         bottleneck: 3x3 ConvModule fusing the concatenated branches.
         mode: How algorithms are chosen (``planner.MODES``); ``"reference"`` runs
@@ -157,12 +176,12 @@ def aspp_features(
     height, width = x.shape[2:]
     branch_plan, (last, last_algorithm) = plan(x, branches, rates, bottleneck, mode)
     pooled = pool_layer(F.adaptive_avg_pool2d(x, 1)).flatten(1)
-    convs: list[Tensor | None] = _branch_convs(x, branches, branch_plan)
+    convs: list[Tensor | None] = _branch_convs(x, branches, rates, branch_plan)
 
     def normalised() -> Iterator[Tensor]:
-        for i, layer in enumerate(branches):
+        for i, branch in enumerate(branches):
             out, convs[i] = convs[i], None  # nothing else keeps it once normalised
-            yield _norm_act(layer, out)
+            yield _norm_act(_planned_conv(branch), out)
 
     weight = bottleneck.conv.weight
     n_pool = pooled.shape[1]

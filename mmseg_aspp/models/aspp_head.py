@@ -121,7 +121,7 @@ class ASPPHead(BaseDecodeHead):
         super().__init__(**kwargs)
         if self.conv_cfg not in (None, {"type": "Conv2d"}, {"type": "Conv"}):
             raise ASPPArgumentError(
-                f"ASPPHead supports plain convolutions only (conv_cfg=None); got "
+                f"{type(self).__name__} supports plain convolutions only (conv_cfg=None); got "
                 f"conv_cfg={self.conv_cfg!r}"
             )
         self.dilations = rates
@@ -133,31 +133,27 @@ class ASPPHead(BaseDecodeHead):
             nn.AdaptiveAvgPool2d(1),
             ConvModule(self.in_channels, self.channels, 1, **{**layer_cfg, "norm_cfg": pool_norm}),
         )
-        self.aspp_modules = nn.ModuleList(
-            ConvModule(
-                self.in_channels,
-                self.channels,
-                1 if rate == 1 else 3,
-                dilation=rate,
-                padding=0 if rate == 1 else rate,
-                **layer_cfg,
-            )
-            for rate in self.dilations
-        )
+        self.aspp_modules = nn.ModuleList(self._atrous_branch(rate) for rate in self.dilations)
         self.bottleneck = ConvModule(
             (len(self.dilations) + 1) * self.channels, self.channels, 3, padding=1, **layer_cfg
         )
         self._seen_sizes: set[tuple[int, int]] = set()
         self._warned: set[tuple[int, str]] = set()
 
+    def _atrous_branch(self, rate: int) -> nn.Module:
+        """The branch at ``rate``: a 1x1 ConvModule for rate 1, else a 3x3 dilated one."""
+        return ConvModule(self.in_channels, self.channels, 1 if rate == 1 else 3, dilation=rate,
+                          padding=0 if rate == 1 else rate, conv_cfg=self.conv_cfg, norm_cfg=self.norm_cfg,
+                          act_cfg=self.act_cfg)
+
     def _check_input(self, x: Tensor) -> None:
         if x.dim() != 4:
             raise ASPPHeadError(
-                f"ASPPHead expects a 4-D feature map (N, C, H, W); got shape {tuple(x.shape)}"
+                f"{type(self).__name__} expects a 4-D feature map (N, C, H, W); got shape {tuple(x.shape)}"
             )
         if x.shape[1] != self.in_channels:
             raise ASPPHeadError(
-                f"ASPPHead was built with in_channels={self.in_channels} but got a feature "
+                f"{type(self).__name__} was built with in_channels={self.in_channels} but got a feature "
                 f"map with {x.shape[1]} channels (shape {tuple(x.shape)}); set in_channels "
                 f"or in_index to match the backbone output"
             )
@@ -174,14 +170,14 @@ class ASPPHead(BaseDecodeHead):
         batch, _, height, width = x.shape
         if batch == 1 and isinstance(self.image_pool[1].norm, nn.BatchNorm2d):
             raise BatchOfOneError(
-                "ASPPHead: training with 1 image per batch, but the image-pooling branch's "
+                f"{type(self).__name__}: training with 1 image per batch, but the image-pooling branch's "
                 "BatchNorm normalises one pooled value per channel, which is undefined. Use at "
                 "least 2 images per GPU, SyncBN across GPUs, or pool_norm_cfg=None (or "
                 "dict(type='GN', num_groups=32)) in the decode head; either of those changes that "
                 "branch's parameters, so BN checkpoints no longer load into it strictly")
         if batch * height * width == 1 and isinstance(self.bottleneck.norm, nn.BatchNorm2d):
             raise BatchOfOneError(
-                "ASPPHead: training on a 1x1 feature map with 1 image: every BatchNorm in the head "
+                f"{type(self).__name__}: training on a 1x1 feature map with 1 image: every BatchNorm in the head "
                 "sees one value per channel. Use larger crops or at least 2 images per batch")
 
     def _warn_degenerate(self, height: int, width: int) -> None:
@@ -192,7 +188,7 @@ class ASPPHead(BaseDecodeHead):
         self._warned.update(new)
         branches = ", ".join(f"rate {rate} as a {kind} conv" for rate, kind in new)
         print_log(
-            f"ASPPHead: at a {height}x{width} feature map these branches degenerate ({branches}): "
+            f"{type(self).__name__}: at a {height}x{width} feature map these branches degenerate ({branches}): "
             f"their other taps only read zero padding (rate >= map size). Larger inputs, output "
             f"stride 8 or smaller rates keep them atrous; tools/analyze_rates.py shows the "
             f"valid-tap fractions.",
