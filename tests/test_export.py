@@ -13,7 +13,7 @@ from mmseg.registry import MODELS
 from helpers import randomize_, twin_heads
 from mmseg_aspp.atrous import aspp_features
 from mmseg_aspp.atrous.reference import aspp_features_reference
-from tooling import DEMO_CS, TOOLS, load_tool, run_tool
+from tooling import DEMO_CS, DEMO_CS_PLUS, TOOLS, load_tool, run_tool
 
 pytestmark = pytest.mark.stack_independent  # torch's ONNX exporters on the plain formula
 
@@ -158,3 +158,16 @@ def test_clear_errors(tmp_path, tool, segmentor_and_checkpoint, monkeypatch):
                         lambda name, *a: None if name == "onnxruntime" else real_find_spec(name, *a))
     with pytest.raises(SystemExit, match="needs onnxruntime.*pip install onnx onnxruntime"):
         tool.main([DEMO_CS, checkpoint, "--verify"])
+
+
+def test_deeplabv3plus_exports_and_matches_pytorch(tmp_path, tool):
+    """The V3+ head's ASPP runs the plain formula under capture too; its decoder is mmseg's."""
+    model = MODELS.build(Config.fromfile(DEMO_CS_PLUS).model)
+    randomize_(model, seed=5)
+    model.eval()
+    checkpoint = tmp_path / "v3plus.pth"
+    torch.save({"state_dict": model.state_dict()}, checkpoint)
+    out = str(tmp_path / "v3plus.onnx")
+    tool.main([DEMO_CS_PLUS, str(checkpoint), "--out", out, "--shape", "64", "96", "--dynamic", "--verify"])
+    assert _max_diff(out, model, (1, 3, 64, 96)) < 1e-4
+    assert _max_diff(out, model, (2, 3, 72, 104)) < 1e-4  # another size: nothing was hard-wired

@@ -8,6 +8,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = os.path.join(ROOT, "tools")
 DEMO_CS = os.path.join(ROOT, "configs", "demo", "deeplabv3_r18-d8_1xb4-300it_synthetic-cityscapes-96x192.py")
+DEMO_CS_PLUS = os.path.join(ROOT, "configs", "demo", "deeplabv3plus_r18-d8_1xb4-300it_synthetic-cityscapes-96x192.py")
 DEMO_VOC = os.path.join(ROOT, "configs", "demo", "deeplabv3_r18-d8_1xb4-600it_synthetic-voc-128x128.py")
 TWIN_CS = os.path.join(ROOT, "configs", "deeplabv3_upstream", os.path.basename(DEMO_CS))
 # mmseg ships its own tools/train.py and tools/test.py inside the package.
