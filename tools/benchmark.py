@@ -39,7 +39,30 @@ from mmseg_aspp.hardware import device_model, native_reduced_precision  # noqa: 
 HEAD_SHAPES = ["64x128", "64x64", "97x97", "128x256", "32x32", "16x16"]
 RATES = (1, 12, 24, 36)
 IN_CHANNELS, CHANNELS, NUM_CLASSES = 2048, 512, 19
-MODEL_CONFIG = "deeplabv3_r101-d8_4xb2-80k_cityscapes-512x1024.py"
+C1_IN_CHANNELS, C1_CHANNELS = 256, 48  # DeepLabV3+'s stride-4 features and their reduction
+
+
+@dataclass(frozen=True)
+class Family:
+    """A decode head to benchmark: mmseg's and ours, and the whole model with each."""
+
+    head: str  # mmseg's registry name; ours is mmseg_aspp.<head>
+    label: str  # case names start with it
+    head_args: tuple = ()
+    decoder: bool = False  # reads stride-4 features (inputs[0]) at twice the map size
+
+    @property
+    def model_config(self) -> tuple[str, str]:
+        """Our config folder and file of the R101-D8 Cityscapes recipe with this head."""
+        folder = "deeplabv3plus" if self.decoder else "deeplabv3"
+        return folder, f"{folder}_r101-d8_4xb2-80k_cityscapes-512x1024.py"
+
+
+FAMILIES = {
+    "deeplabv3": Family("ASPPHead", "head"),
+    "deeplabv3plus": Family("DepthwiseSeparableASPPHead", "V3+ head",
+                            (("c1_in_channels", C1_IN_CHANNELS), ("c1_channels", C1_CHANNELS)), decoder=True),
+}
 # Whole-model cases; a GPU trains at the recipe's 512x1024 crop, a 2-core CPU at 512x512.
 MODEL_CASES = {"cpu": [("R101-D8 512x1024 b1", "eval", 1, (512, 1024)), ("R101-D8 512x512 b2", "train", 2, (512, 512))],
                "cuda": [("R101-D8 512x1024 b1", "eval", 1, (512, 1024)),
@@ -144,15 +167,20 @@ def gemm_peak_gflops(device, dtype, budget_s: float = 0.5) -> float:
     return best
 
 
-def head_valid_macs(batch: int, height: int, width: int) -> float:
-    """Multiply-accumulates of the taps that read the map (forward)."""
+def head_valid_macs(batch: int, height: int, width: int, family: Family = FAMILIES["deeplabv3"]) -> float:
+    """Multiply-accumulates of the taps that read the map (forward); DeepLabV3+'s atrous
+    branches are depthwise (about 1 % of their work) and its decoder runs at 4x the pixels."""
     pixels = batch * height * width
     macs = 0.0
     for rate in RATES:
         taps = 1 if rate == 1 else 9 * valid_tap_fraction(height, rate) * valid_tap_fraction(width, rate)
-        macs += pixels * IN_CHANNELS * CHANNELS * taps
+        macs += pixels * IN_CHANNELS * CHANNELS * (1 if family.decoder else taps)
     border = valid_tap_fraction(height, 1) * valid_tap_fraction(width, 1)
     macs += pixels * len(RATES) * CHANNELS * CHANNELS * 9 * border  # bottleneck, pool part ~0
+    if family.decoder:
+        fine = 4 * pixels
+        return macs + fine * (C1_IN_CHANNELS * C1_CHANNELS + (CHANNELS + C1_CHANNELS + CHANNELS) * CHANNELS
+                              + CHANNELS * NUM_CLASSES)
     return macs + pixels * CHANNELS * NUM_CLASSES
 
 
@@ -172,16 +200,16 @@ def model_flops(mode: str, batch: int, height: int, width: int) -> float:
 def planned_work(args, impls: int, device) -> float:
     """Estimated FLOPs of the whole run (timed, warm-up and memory calls), to weight progress."""
     total = 0.0
-    for shape in args.shapes:
-        height, width = map(int, shape.split("x"))
-        for batch in args.batches:
-            macs = head_valid_macs(batch, height, width)
-            for mode in args.modes:
-                if not (mode == "train" and batch == 1):
-                    total += step_flops(mode, macs) * impls * (args.repeats + 2)
-    if not args.no_model:
-        total += sum(2 * model_flops(mode, batch, h, w) * (args.repeats + 2)
-                     for _, mode, batch, (h, w) in MODEL_CASES.get(device.type, MODEL_CASES["cpu"]))
+    for name in args.heads:
+        for shape in args.shapes:
+            height, width = map(int, shape.split("x"))
+            for batch in args.batches:
+                macs = head_valid_macs(batch, height, width, FAMILIES[name])
+                total += sum(step_flops(mode, macs) * impls * (args.repeats + 2)
+                             for mode in args.modes if not (mode == "train" and batch == 1))
+        if not args.no_model:
+            total += sum(2 * model_flops(mode, batch, h, w) * (args.repeats + 2)
+                         for _, mode, batch, (h, w) in MODEL_CASES.get(device.type, MODEL_CASES["cpu"]))
     return total
 
 
@@ -208,13 +236,16 @@ def _minutes(seconds: float) -> str:
 
 
 # ------------------------------------------------------------------- models
-def build_heads(device):
-    cfg = dict(in_channels=IN_CHANNELS, channels=CHANNELS, num_classes=NUM_CLASSES, dilations=RATES,
-               dropout_ratio=0.1, norm_cfg=dict(type="BN", requires_grad=True), align_corners=False)
-    upstream = MODELS.build(dict(cfg, type="ASPPHead")).to(device)
-    ours = MODELS.build(dict(cfg, type="mmseg_aspp.ASPPHead")).to(device)
+def build_heads(device, family: Family) -> dict:
+    cfg = dict(in_channels=IN_CHANNELS, in_index=3, channels=CHANNELS, num_classes=NUM_CLASSES, dilations=RATES,
+               dropout_ratio=0.1, norm_cfg=dict(type="BN", requires_grad=True), align_corners=False,
+               **dict(family.head_args))
+    upstream = MODELS.build(dict(cfg, type=family.head)).to(device)
+    ours = MODELS.build(dict(cfg, type=f"mmseg_aspp.{family.head}")).to(device)
     ours.load_state_dict(upstream.state_dict())
     heads = {"upstream": upstream, "ours": ours}
+    if family.decoder:
+        return heads
     try:  # optional third reference; PyPI torchvision may not import beside every torch
         from torchvision.models.segmentation.deeplabv3 import ASPP
 
@@ -224,8 +255,18 @@ def build_heads(device):
     return heads
 
 
-def _call(name, head, x):
-    return head(x) if name == "torchvision" else head([x])
+def head_inputs(family: Family, batch: int, height: int, width: int, device) -> list:
+    """A backbone's outputs as the head reads them: the map at ``in_index`` 3, and for a
+    decoder the stride-4 features at index 0 (twice the size)."""
+    x = torch.randn(batch, IN_CHANNELS, height, width, device=device)
+    if not family.decoder:
+        return [x, x, x, x]
+    c1 = torch.randn(batch, C1_IN_CHANNELS, 2 * height, 2 * width, device=device)
+    return [c1, c1, c1, x]
+
+
+def _call(name, head, inputs):
+    return head(inputs[3]) if name == "torchvision" else head(inputs)
 
 
 @dataclass
@@ -262,7 +303,9 @@ def describe_plan(head, x, mode: str, dtype, device) -> str:
     return "+".join(algorithm.name for _, algorithm in branches) + f" > {last.name}"
 
 
-def run_heads(args, heads, device, peak, rows, progress):
+def run_heads(args, family: Family, device, peak, rows, progress):
+    heads = build_heads(device, family)
+    heads["ours"].plan = args.plan
     # Training steps update BN statistics: restart every case from the same weights.
     initial = {name: {k: v.clone() for k, v in head.state_dict().items()} for name, head in heads.items()}
     compiled = {name: torch.compile(heads[name]) for name in ("upstream", "ours")} if args.compile else {}
@@ -270,9 +313,9 @@ def run_heads(args, heads, device, peak, rows, progress):
     for shape in args.shapes:
         height, width = map(int, shape.split("x"))
         for batch in args.batches:
-            x = torch.randn(batch, IN_CHANNELS, height, width, device=device)
-            case = f"head {shape} b{batch}"
-            macs = head_valid_macs(batch, height, width)
+            inputs = head_inputs(family, batch, height, width, device)
+            case = f"{family.label} {shape} b{batch}"
+            macs = head_valid_macs(batch, height, width, family)
             for mode in args.modes:
                 if mode == "train" and batch == 1:
                     continue  # BN in the image-pool branch cannot train on one sample
@@ -281,10 +324,10 @@ def run_heads(args, heads, device, peak, rows, progress):
                     head.load_state_dict(initial[name])
                 progress.step(f"{case} {mode}: {', '.join(v.impl for v in cases)}",
                               flops * len(cases) * (args.repeats + 2))
-                fns = {v.impl: _step_fn(v.head, (compiled if v.compiled else heads)[v.head], x, mode, device, v.dtype)
-                       for v in cases}
+                fns = {v.impl: _step_fn(v.head, (compiled if v.compiled else heads)[v.head], inputs, mode, device,
+                                        v.dtype) for v in cases}
                 results = measure(fns, device, args.repeats)
-                ref_logits = _eval_logits("upstream", heads["upstream"], x, None, device) if mode == "eval" else None
+                ref_logits = _eval_logits("upstream", heads["upstream"], inputs, None, device) if mode == "eval" else None
                 for v in cases:
                     times, peak_mb = results[v.impl]
                     row = Row(case, mode, v.impl, statistics.median(times), max(times) - min(times), times,
@@ -292,11 +335,13 @@ def run_heads(args, heads, device, peak, rows, progress):
                     row.ratio = statistics.median(results[v.baseline][0]) / row.median_ms
                     row.limit_fraction = flops / (peak[v.precision] * 1e9) / (row.median_ms / 1000)
                     if v.head == "ours" and not v.compiled:
-                        row.plan = describe_plan(heads["ours"], x, mode, v.dtype, device)
+                        row.plan = describe_plan(heads["ours"], inputs[3], mode, v.dtype, device)
                     if ref_logits is not None and v.head == "ours":
-                        logits = _eval_logits(v.head, (compiled if v.compiled else heads)[v.head], x, v.dtype, device)
+                        logits = _eval_logits(v.head, (compiled if v.compiled else heads)[v.head], inputs, v.dtype,
+                                              device)
                         row.argmax_agreement = (logits.argmax(1) == ref_logits.argmax(1)).float().mean().item()
                     rows.append(row)
+    return heads["ours"]
 
 
 def _autocast(device, dtype):
@@ -327,19 +372,22 @@ def _step_fn(name, head, x, mode, device, dtype):
     return fn
 
 
-def run_models(args, device, rows, progress):
+def run_models(args, family: Family, device, rows, progress):
     from mmengine.config import Config
     from mmengine.model import revert_sync_batchnorm
 
     root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs")
+    folder, config = family.model_config
     models = {}
-    for name, folder in (("upstream", "deeplabv3_upstream"), ("ours", "deeplabv3")):
-        cfg = Config.fromfile(os.path.join(root, folder, MODEL_CONFIG))
+    for name, which in (("upstream", f"{folder}_upstream"), ("ours", folder)):
+        cfg = Config.fromfile(os.path.join(root, which, config))
         cfg.model.pretrained = None
         models[name] = revert_sync_batchnorm(MODELS.build(cfg.model)).to(device)
     models["ours"].load_state_dict(models["upstream"].state_dict())
+    models["ours"].decode_head.plan = args.plan
 
     for case, mode, batch, (height, width) in MODEL_CASES.get(device.type, MODEL_CASES["cpu"]):
+        case = case.replace("R101-D8", "R101-D8 V3+") if family.decoder else case
         images = torch.randn(batch, 3, height, width, device=device)
         labels = torch.randint(0, NUM_CLASSES, (batch, height, width), device=device)
         progress.step(f"model {case} {mode}: {', '.join(models)}",
@@ -462,6 +510,8 @@ def main(argv=None) -> None:
                         help="TF32 for CUDA matmuls and convolutions (PyTorch's default: convolutions only)")
     parser.add_argument("--deterministic", action="store_true",
                         help="cudnn.deterministic on (and cudnn.benchmark off), as mmseg's randomness.deterministic")
+    parser.add_argument("--heads", nargs="+", default=list(FAMILIES), choices=list(FAMILIES),
+                        help="DeepLabV3's ASPPHead, DeepLabV3+'s DepthwiseSeparableASPPHead, or both")
     parser.add_argument("--no-model", action="store_true", help="skip the whole R101-D8 model timings")
     parser.add_argument("--quick", action="store_true", help="32x32 and 16x16, batch 2, 2 repeats, no model")
     parser.add_argument("--out-dir", default="work_dirs/benchmark")
@@ -493,15 +543,16 @@ def main(argv=None) -> None:
     peak["fp32"] = peak.pop("float32")
     print("GEMM peak: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items()), flush=True)
 
-    heads = build_heads(device)
-    heads["ours"].plan = args.plan
-    cases = variants(args, heads)
-    progress = Progress(planned_work(args, len(cases), device))
+    impls = 2 + len(args.reduced_precision) + 2 * args.compile
+    progress = Progress(planned_work(args, impls, device))
     rows: list[Row] = []
-    run_heads(args, heads, device, peak, rows, progress)
-    cache_mb = prepared_bytes() / 2**20
-    if not args.no_model:
-        run_models(args, device, rows, progress)
+    cache_mb = 0.0
+    for name in args.heads:
+        ours = run_heads(args, FAMILIES[name], device, peak, rows, progress)
+        cache_mb += prepared_bytes() / 2**20
+        del ours  # its prepared weights go with it
+        if not args.no_model:
+            run_models(args, FAMILIES[name], device, rows, progress)
 
     os.makedirs(args.out_dir, exist_ok=True)
     table = format_table(rows)
@@ -514,7 +565,8 @@ def main(argv=None) -> None:
                      f"conv {torch.backends.cudnn.allow_tf32}")
     print(f"\nDevice: {name}; {settings}\n\n{table}\n\n{cache}")
     meta = dict(device=name, torch=torch.__version__, gemm_peak_gflops=peak, rates=RATES,
-                in_channels=IN_CHANNELS, channels=CHANNELS, repeats=args.repeats,
+                in_channels=IN_CHANNELS, channels=CHANNELS, c1=(C1_IN_CHANNELS, C1_CHANNELS), heads=args.heads,
+                repeats=args.repeats,
                 reduced_precision=args.reduced_precision, reduced_precision_native=native, plan=args.plan,
                 compile=args.compile, settings=settings, prepared_weight_cache_mb=cache_mb)
     with open(os.path.join(args.out_dir, "benchmark.json"), "w") as f:
