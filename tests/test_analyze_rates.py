@@ -5,7 +5,7 @@ import pytest
 
 from mmseg_aspp.atrous import valid_tap_fraction
 from mmseg_aspp.atrous.geometry import axis_tap_counts, valid_weight_counts
-from tooling import DEMO_CS, load_tool
+from tooling import DEMO_CS, DEMO_CS_PLUS, load_tool
 
 pytestmark = pytest.mark.stack_independent  # geometry and plotting
 
@@ -95,3 +95,10 @@ def test_cli_errors(tool):
         tool.main(["nope.py"])
     with pytest.raises(SystemExit, match="--map-size must be positive"):
         tool.main([DEMO_CS, "--plot", "x.png", "--map-size", "0"])
+
+
+def test_cli_reads_a_deeplabv3plus_config(tool, capsys):
+    tool.main([DEMO_CS_PLUS, "--infer-size", "64", "64"])
+    out = capsys.readouterr().out
+    assert "decode head: mmseg_aspp.DepthwiseSeparableASPPHead, rates (1, 6, 12, 18), reads backbone output 3" in out
+    assert "train crop 96x192 -> feature map 12x24 (output stride 8)" in out
