@@ -1,10 +1,4 @@
-_base_ = [
-    '../_base_/models/deeplabv3plus_r50-d8.py', '../_base_/datasets/pascal_voc12_aug.py',
-    '../_base_/default_runtime.py', '../_base_/schedules/schedule_40k.py'
-]
-crop_size = (512, 512)
-data_preprocessor = dict(size=crop_size)
-model = dict(
-    data_preprocessor=data_preprocessor,
-    decode_head=dict(num_classes=21),
-    auxiliary_head=dict(num_classes=21))
+# DeepLabV3+: the DeepLabV3 recipe below with the depthwise-separable ASPP head and the decoder
+# over the backbone's stride-4 output (256 channels, reduced to 48).
+_base_ = '../deeplabv3/deeplabv3_r50-d8_4xb4-40k_voc12aug-512x512.py'
+model = dict(decode_head=dict(type='mmseg_aspp.DepthwiseSeparableASPPHead', c1_in_channels=256, c1_channels=48))

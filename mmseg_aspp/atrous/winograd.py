@@ -19,6 +19,8 @@ space-to-batch form in which DeepLab first ran atrous convolution).
 """
 from __future__ import annotations
 
+from typing import Iterator, Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -188,6 +190,30 @@ def _phase_view(hwc: Tensor, rows: tuple[int, int, int], cols: tuple[int, int, i
                           (sn, sh, sw, rate * sh, rate * sw, sc), hwc.storage_offset() + a0 * sh + b0 * sw)
 
 
+def _phase_passes(x: Tensor, rate: int, others: Sequence[Tensor] = ()) -> Iterator[tuple]:
+    """The phases of ``x`` (N, H, W, C) as batches of zero-bordered maps, about ``CHUNK_BYTES`` each.
+
+    Yields:
+        ``(buffer, height, width, views)``: a ``winograd_input`` buffer holding the pass's
+        phase maps of that size, and for each tensor in ``others`` (N, H, W, *) the view of
+        the same phases, shaped (N, row phases, column phases, height, width, *).
+    """
+    batch, full_height, full_width, channels = x.shape
+    for rows in phase_groups(full_height, rate):
+        for cols in phase_groups(full_width, rate):
+            src = _phase_view(x, rows, cols, rate)
+            row_phases, col_phases, height, width = src.shape[1:5]
+            # Row phases per pass: as many as keep the zero-bordered maps within CHUNK_BYTES.
+            map_bytes = _padded_length(height) * _padded_length(width) * channels * x.element_size()
+            step = max(1, CHUNK_BYTES // (batch * col_phases * map_bytes))
+            for a in range(0, row_phases, step):
+                taken = min(step, row_phases - a)
+                buffer, interior = winograd_input(batch * taken * col_phases, channels, height, width, x)
+                interior.permute(0, 2, 3, 1).view(batch, taken, col_phases, height, width, channels).copy_(
+                    src[:, a : a + taken])
+                yield buffer, height, width, [_phase_view(t, rows, cols, rate)[:, a : a + taken] for t in others]
+
+
 def winograd_atrous_conv3x3(x: Tensor, kernel: Tensor, rate: int) -> Tensor:
     """``conv2d(x, weight, padding=rate, dilation=rate)`` via F(2x2, 3x3) on each phase, without bias.
 
@@ -202,24 +228,10 @@ def winograd_atrous_conv3x3(x: Tensor, kernel: Tensor, rate: int) -> Tensor:
     Returns:
         (N, H, W, C_out).
     """
-    batch, height, width, in_ch = x.shape
-    out_ch = kernel.shape[2]
-    out = x.new_empty(batch, height, width, out_ch)
-    for rows in phase_groups(height, rate):
-        for cols in phase_groups(width, rate):
-            src, dst = _phase_view(x, rows, cols, rate), _phase_view(out, rows, cols, rate)
-            row_phases, col_phases, count_h, count_w = src.shape[1:5]
-            # Row phases per pass: as many as keep the zero-bordered maps within CHUNK_BYTES.
-            map_bytes = _padded_length(count_h) * _padded_length(count_w) * in_ch * x.element_size()
-            step = max(1, CHUNK_BYTES // (batch * col_phases * map_bytes))
-            for a in range(0, row_phases, step):
-                taken = min(step, row_phases - a)
-                maps = batch * taken * col_phases
-                buffer, interior = winograd_input(maps, in_ch, count_h, count_w, x)
-                interior.permute(0, 2, 3, 1).view(batch, taken, col_phases, count_h, count_w, in_ch).copy_(
-                    src[:, a : a + taken])
-                result = winograd_conv3x3(buffer, kernel, count_h, count_w).permute(0, 2, 3, 1)
-                dst[:, a : a + taken] = result.view(batch, taken, col_phases, count_h, count_w, out_ch)
+    out = x.new_empty(*x.shape[:3], kernel.shape[2])
+    for buffer, height, width, (dst,) in _phase_passes(x, rate, [out]):
+        result = winograd_conv3x3(buffer, kernel, height, width).permute(0, 2, 3, 1)
+        dst.copy_(result.view(dst.shape))
     return out
 
 
@@ -239,32 +251,21 @@ def winograd_atrous_weight_grad(x: Tensor, grad: Tensor, rate: int) -> Tensor:
     Returns:
         (O, C, 3, 3), accumulated in float32 or wider.
     """
-    batch, height, width, in_ch = x.shape
-    out_ch = grad.shape[3]
+    in_ch, out_ch = x.shape[3], grad.shape[3]
     transformed = x.new_zeros(16, out_ch, in_ch, dtype=torch.promote_types(x.dtype, torch.float32))
     max_tiles = max(1, CHUNK_BYTES // (16 * max(in_ch, out_ch) * x.element_size()))
-    for rows in phase_groups(height, rate):
-        for cols in phase_groups(width, rate):
-            src, grad_src = _phase_view(x, rows, cols, rate), _phase_view(grad, rows, cols, rate)
-            row_phases, col_phases, count_h, count_w = src.shape[1:5]
-            map_bytes = _padded_length(count_h) * _padded_length(count_w) * in_ch * x.element_size()
-            step = max(1, CHUNK_BYTES // (batch * col_phases * map_bytes))
-            tiles_h, tiles_w = (count_h + 1) // 2, (count_w + 1) // 2
-            for a in range(0, row_phases, step):
-                taken = min(step, row_phases - a)
-                maps = batch * taken * col_phases
-                buffer, interior = winograd_input(maps, in_ch, count_h, count_w, x)
-                interior.permute(0, 2, 3, 1).view(batch, taken, col_phases, count_h, count_w, in_ch).copy_(
-                    src[:, a : a + taken])
-                # Output positions past the map (rounding up to whole tiles) get a zero gradient.
-                blocks = grad.new_zeros(batch, taken, col_phases, 2 * tiles_h, 2 * tiles_w, out_ch)
-                blocks[..., :count_h, :count_w, :] = grad_src[:, a : a + taken]
-                blocks = blocks.view(maps, tiles_h, 2, tiles_w, 2, out_ch)
-                for images, tile_rows in _tile_chunks(maps, tiles_h, tiles_w, max_tiles):
-                    buffer_rows = slice(2 * tile_rows.start, 2 * tile_rows.stop + 2)
-                    tiles = _input_tiles(buffer[images, buffer_rows]).view(16, -1, in_ch)
-                    grad_tiles = _grad_tiles(blocks[images, tile_rows]).view(16, -1, out_ch)
-                    transformed.baddbmm_(grad_tiles.transpose(1, 2).to(transformed.dtype), tiles.to(transformed.dtype))
+    for buffer, height, width, (grad_phases,) in _phase_passes(x, rate, [grad]):
+        maps = buffer.shape[0]
+        tiles_h, tiles_w = (height + 1) // 2, (width + 1) // 2
+        # Output positions past the map (rounding up to whole tiles) get a zero gradient.
+        blocks = grad.new_zeros(*grad_phases.shape[:3], 2 * tiles_h, 2 * tiles_w, out_ch)
+        blocks[..., :height, :width, :] = grad_phases
+        blocks = blocks.view(maps, tiles_h, 2, tiles_w, 2, out_ch)
+        for images, tile_rows in _tile_chunks(maps, tiles_h, tiles_w, max_tiles):
+            buffer_rows = slice(2 * tile_rows.start, 2 * tile_rows.stop + 2)
+            tiles = _input_tiles(buffer[images, buffer_rows]).view(16, -1, in_ch)
+            grad_tiles = _grad_tiles(blocks[images, tile_rows]).view(16, -1, out_ch)
+            transformed.baddbmm_(grad_tiles.transpose(1, 2).to(transformed.dtype), tiles.to(transformed.dtype))
     g = torch.tensor(_G, dtype=transformed.dtype, device=x.device)
     return torch.einsum("ak,aboc,bl->ockl", g, transformed.view(4, 4, out_ch, in_ch), g)
 
