@@ -58,8 +58,8 @@ _forced: str | None = None
 def forced_algorithm(name: str | None) -> Iterator[None]:
     """Run every convolution that can take it with algorithm ``name`` (tests prove each this way).
 
-    Convolutions it does not support (Winograd: only full 3x3 kernels in inference) keep
-    their heuristic choice. ``None`` restores normal planning.
+    Convolutions it does not support (Winograd: full 3x3 kernels only, and no reduced-precision
+    training) keep their heuristic choice. ``None`` restores normal planning.
     """
     global _forced
     if name is not None and name not in ALGORITHMS:
