@@ -96,3 +96,23 @@ def test_gemm_peak_grows_sizes_only_within_its_time_budget(gflops, sizes, monkey
     monkeypatch.setattr(torch, "randn", lambda *shape, **kw: made.append(shape[0]) or torch.zeros(1))
     assert bench.gemm_peak_gflops(torch.device("cpu"), torch.float32) == pytest.approx(gflops)
     assert made[::2] == sizes
+
+
+def test_cpu_peak_memory_is_what_one_call_adds_and_does_not_drift():
+    bench = load_tool("benchmark")
+    kept = []
+    mib = 2**18  # float32 elements in one MiB
+
+    def call():  # 3 MiB alive at once, 1 MiB of it kept after the call
+        a = torch.ones(2 * mib)
+        kept.append(a[:mib] + 1)
+
+    weight = torch.zeros(4 * mib, requires_grad=True)
+
+    def train_step():  # frees the previous call's 4 MiB gradient, makes 4 MiB of activation and a new one
+        weight.grad = None
+        activation = weight * 2
+        activation.sum().backward()
+
+    assert [round(bench.peak_memory_mb(call, torch.device("cpu")), 1) for _ in range(3)] == [3.0] * 3
+    assert [round(bench.peak_memory_mb(train_step, torch.device("cpu")), 1) for _ in range(3)] == [4.0] * 3

@@ -11,6 +11,7 @@ table on stdout, a JSON file and a PNG chart in --out-dir.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -98,8 +99,11 @@ def measure(fns: dict, device, repeats: int, memory: bool = True) -> dict[str, t
     """
     peaks = {}
     for name, fn in fns.items():
-        fn()
-        peaks[name] = peak_memory_mb(fn, device) if memory else None
+        if memory:
+            peaks[name] = peak_memory_mb(fn, device)  # warms up first
+        else:
+            fn()
+            peaks[name] = None
     times = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
@@ -122,26 +126,32 @@ def _time_ms(fn, device) -> float:
 
 
 def peak_memory_mb(fn, device) -> float | None:
-    """Peak memory one call adds on top of what is already allocated.
+    """Peak memory one call adds on top of what is already allocated, after a warm-up call.
 
-    On CPU it is read from the profiler's record of tensor allocations, each of which carries
-    the running total of allocated bytes: the process's resident set would also count pages
-    malloc keeps after a free and hands out again, which charges many short-lived buffers as if
-    they were alive at once. (The profiler's memory timeline gives the same figure, but with the
-    stacks and shapes it needs it ran out of 24 GiB on a 128x256 training step of many small ops.)
+    On CPU it is read from the profiler's record of tensor allocations and frees, summed in
+    time order: the process's resident set would also count pages malloc keeps after a free and
+    hands out again, which charges many short-lived buffers as if they were alive at once. The
+    profiler's own running total is process-wide and only forgets blocks it saw allocated, so it
+    drifts up over a run; the warm-up runs under the profiler too, so that what the measured call
+    frees of the warm-up's results (gradients, outputs) is known. (The profiler's memory timeline
+    gives the same figure, but with the stacks and shapes it needs it ran out of 24 GiB on a
+    128x256 training step of many small ops.)
     """
     if device.type == "cuda":
+        fn()
         torch.cuda.synchronize(device)
         base = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
         fn()
         torch.cuda.synchronize(device)
         return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True):
+        fn()
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    totals = [node.extra_fields.total_allocated for node in _event_nodes(prof.profiler.kineto_results.experimental_event_tree())
-              if node.tag == _EventType.Allocation]
-    return max(totals, default=0) / 2**20
+    events = sorted((node for node in _event_nodes(prof.profiler.kineto_results.experimental_event_tree())
+                     if node.tag == _EventType.Allocation), key=lambda node: node.start_time_ns)
+    return max(itertools.accumulate((node.extra_fields.alloc_size for node in events), initial=0)) / 2**20
 
 
 def _event_nodes(nodes):
@@ -548,12 +558,12 @@ def main(argv=None) -> None:
     progress = Progress(planned_work(args, impls, device))
     rows: list[Row] = []
     cache_mb = 0.0
-    for name in args.heads:
-        ours = run_heads(args, FAMILIES[name], device, peak, rows, progress)
+    for head in args.heads:
+        ours = run_heads(args, FAMILIES[head], device, peak, rows, progress)
         cache_mb += prepared_bytes() / 2**20
         del ours  # its prepared weights go with it
         if not args.no_model:
-            run_models(args, FAMILIES[name], device, rows, progress)
+            run_models(args, FAMILIES[head], device, rows, progress)
 
     os.makedirs(args.out_dir, exist_ok=True)
     table = format_table(rows)
