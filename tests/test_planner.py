@@ -38,6 +38,8 @@ BOTTLENECK = dict(rate=1, padding=(1, 1))
     (dict(rows=(1, 2), cols=(0, 3), padding=(0, 36), rate=36, height=32), "skip"),  # a 1x3 crop
     (BOTTLENECK, "winograd"),
     (dict(BOTTLENECK, grad=True), "winograd"),
+    (dict(BOTTLENECK, height=16, width=16, batch=2), "winograd"),
+    (dict(BOTTLENECK, height=16, width=16, batch=2, grad=True), "dense"),  # transformed kernels outweigh the map
     (dict(grad=True, dtype="bfloat16"), "skip"),  # bf16 training: Winograd's rounding is too coarse
     (dict(BOTTLENECK, grad=True, dtype="bfloat16"), "dense"),
     (dict(BOTTLENECK, dtype="bfloat16"), "winograd"),  # bf16 inference keeps it (error <= 4x direct)
