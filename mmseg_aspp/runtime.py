@@ -7,6 +7,7 @@ multi-process CPU run (gloo), which is how the tests exercise DDP.
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 import sys
 from contextlib import contextmanager
@@ -92,16 +93,23 @@ def tool_session() -> Iterator[None]:
     except MmsegAsppError as err:
         sys.exit(f"error: {user_message(err)}")
     finally:
-        shutdown_distributed()
+        distributed = shutdown_distributed()
+    if distributed:
+        # A distributed worker that finished its work exits here, skipping the interpreter's
+        # and C++'s teardown: there, threads of torch.distributed that the destroyed group's
+        # last owners (DDP, the store) still keep can abort the process ("terminate called
+        # without an active exception"), turning a completed run into a failed one.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
-def shutdown_distributed() -> None:
-    """Tear down the process group, if any, before the interpreter exits.
-
-    Left to interpreter shutdown, gloo's worker threads can outlive Python and
-    abort the process ("terminate called without an active exception").
-    """
+def shutdown_distributed() -> bool:
+    """Tear down the process group, if any, before the interpreter exits; whether there was one."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+        return True
+    return False
