@@ -125,7 +125,7 @@ def _time_ms(fn, device) -> float:
     return (time.perf_counter() - start) * 1000
 
 
-def peak_memory_mb(fn, device) -> float | None:
+def peak_memory_mb(fn, device) -> float:
     """Peak memory one call adds on top of what is already allocated, after a warm-up call.
 
     On CPU it is read from the profiler's record of tensor allocations and frees, summed in
