@@ -16,7 +16,7 @@ from helpers import (assert_float64_equal, assert_fp32_as_close_as_upstream, hea
 from mmseg_aspp.atrous import conv, gemm, winograd
 from mmseg_aspp.atrous.algorithms import dense as dense_algorithm
 from mmseg_aspp.atrous.algorithms import gemm as gemm_algorithm
-from mmseg_aspp.atrous.algorithms import ALGORITHMS
+from mmseg_aspp.atrous.algorithms import ALGORITHMS, ConvProblem
 from mmseg_aspp.atrous.aspp import plan
 from mmseg_aspp.atrous.planner import forced_algorithm
 
@@ -84,9 +84,11 @@ def test_every_algorithm_and_crop_is_forced_somewhere():
                 ran.update((name, "branch", train) for _, name in branches)
                 ran.add((last, "bottleneck", train))
                 crops.update(problem.kernel for problem, name in branches if name == forced)
-    for name in ALGORITHMS:
+    for name, algorithm in ALGORITHMS.items():
         for train in (False, True):
-            assert {(name, "branch", train), (name, "bottleneck", train)} <= ran, name
+            full_kernel = ConvProblem(2, 8, 4, 27, 33, 3, (0, 3), (0, 3), (1, 1), 1, "float64", "cpu", train, False)
+            if algorithm.supports(full_kernel):  # Winograd F(4x4, 3x3) runs in inference only
+                assert {(name, "branch", train), (name, "bottleneck", train)} <= ran, name
     assert {(3, 3), (1, 3), (3, 1), (1, 1)} <= crops
     assert planned == set(ALGORITHMS)
 
@@ -120,19 +122,21 @@ def _break_gemm(monkeypatch):  # one tap reads one pixel too far
     monkeypatch.setattr(gemm_algorithm, "kernel_offsets", lambda *a: [(dy, dx + (dy > 0)) for dy, dx in real(*a)])
 
 
-def _break_winograd(monkeypatch):  # one phase-wise tile transform uses a wrong sign
-    def broken(d0, d1, d2, d3, out):
-        torch.sub(d0, d2, out=out[0])
-        torch.add(d1, d2, out=out[1])
-        torch.add(d2, d1, out=out[2])
-        torch.sub(d1, d3, out=out[3])
+def _break_winograd(monkeypatch):  # one row of the input tile transform has the wrong sign
+    real = winograd._transform
 
-    monkeypatch.setattr(winograd, "_input_transform", broken)
+    def broken(matrix, views, out):
+        if matrix in (winograd.F2.input, winograd.F4.input):
+            matrix = (matrix[0], tuple(-c for c in matrix[1]), *matrix[2:])
+        real(matrix, views, out)
+
+    monkeypatch.setattr(winograd, "_transform", broken)
 
 
 @pytest.mark.parametrize("forced, train, breaks", [
     ("dense", False, _break_dense), ("skip", True, _break_skip), ("gemm", False, _break_gemm),
-    ("winograd", False, _break_winograd)], ids=["dense", "skip", "gemm", "winograd"])
+    ("winograd", False, _break_winograd), ("winograd4", False, _break_winograd)],
+    ids=["dense", "skip", "gemm", "winograd", "winograd4"])
 def test_float64_check_catches_a_broken_tap(forced, train, breaks, monkeypatch):
     """The check above is sensitive: one wrong tap in any algorithm fails it."""
     breaks(monkeypatch)

@@ -30,19 +30,21 @@ BOTTLENECK = dict(rate=1, padding=(1, 1))
     (dict(), "winograd"),  # 64x128 rate 12: phases of 5x10 2x2 tiles, 0.65 of the valid taps' work
     (dict(rate=24), "skip"),  # 0.95 of the valid taps' work as Winograd: tap skipping wins
     (dict(grad=True), "winograd"),  # forward, input and weight gradients all as Winograd
-    (dict(height=128, width=256, rate=6), "winograd"),
+    (dict(height=128, width=256, rate=6), "winograd4"),  # phases of 21x42: 4x4 tiles pay
+    (dict(height=128, width=256, rate=6, grad=True), "winograd"),  # F(4x4, 3x3) only in inference
     (dict(height=16, width=16, batch=2, rate=6), "gemm"),  # 512 pixels: per-tap GEMMs
     (dict(height=16, width=16, batch=2, rate=6, grad=True), "skip"),
     (dict(height=97, width=97, rate=2, grad=True), "winograd"),
     (dict(kernel_size=1, rows=(0, 1), cols=(0, 1), rate=1, padding=(0, 0)), "dense"),  # the 1x1 branch
     (dict(rows=(1, 2), cols=(0, 3), padding=(0, 36), rate=36, height=32), "skip"),  # a 1x3 crop
-    (BOTTLENECK, "winograd"),
+    (BOTTLENECK, "winograd4"),  # 0.56 of F(2x2, 3x3)'s multiplications
     (dict(BOTTLENECK, grad=True), "winograd"),
-    (dict(BOTTLENECK, height=16, width=16, batch=2), "winograd"),
+    (dict(BOTTLENECK, height=16, width=16, batch=2), "winograd4"),
+    (dict(BOTTLENECK, height=2, width=2), "dense"),  # a 2x2 tile for 4 pixels reading 16 taps: no saving
     (dict(BOTTLENECK, height=16, width=16, batch=2, grad=True), "dense"),  # transformed kernels outweigh the map
     (dict(grad=True, dtype="bfloat16"), "skip"),  # bf16 training: Winograd's rounding is too coarse
     (dict(BOTTLENECK, grad=True, dtype="bfloat16"), "dense"),
-    (dict(BOTTLENECK, dtype="bfloat16"), "winograd"),  # bf16 inference keeps it (error <= 4x direct)
+    (dict(BOTTLENECK, dtype="bfloat16"), "winograd"),  # bf16 inference keeps F(2x2) (error <= 4x direct)
 ])
 def test_cpu_rules(case, expected):
     assert planner.choose(problem(**case), "heuristic").name == expected
@@ -67,8 +69,8 @@ def test_auto_measures_where_cudnn_benchmark_would(device, benchmark, expected, 
 
 @pytest.fixture
 def fake_clock(monkeypatch, tmp_path):
-    """Measured planning with a clock that says gemm < dense < skip < winograd; fresh caches."""
-    seconds = {"gemm": 1.0, "dense": 2.0, "skip": 3.0, "winograd": 4.0}
+    """Measured planning with a clock that says gemm < dense < skip < winograd < winograd4; fresh caches."""
+    seconds = {"gemm": 1.0, "dense": 2.0, "skip": 3.0, "winograd": 4.0, "winograd4": 5.0}
     timed = []
 
     def fake(algorithm, problem, repeats=2):
@@ -90,7 +92,7 @@ def test_measure_keeps_the_fastest_and_times_each_shape_once(fake_clock, tmp_pat
     assert planner.choose(problem(), "measure").name == "gemm"
     assert timed == []  # remembered
     assert planner.choose(problem(grad=True, height=64, width=128, rows=(1, 2), padding=(0, 12)), "measure").name == "gemm"
-    assert "winograd" not in {name for name, _ in timed}  # ineligible for a cropped (1x3) kernel
+    assert not {"winograd", "winograd4"} & {name for name, _ in timed}  # ineligible for a cropped (1x3) kernel
 
     seconds["dense"] = 0.5  # a new process reads the file rather than timing again
     planner._measured_plans.clear()

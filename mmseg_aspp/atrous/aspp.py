@@ -130,7 +130,15 @@ def _branch_input(x: Tensor, algorithms: Sequence[Algorithm]) -> Tensor:
     dtype = _compute_dtype(x)
     if torch.is_grad_enabled() or all(a.input_layout != "channels_last" for a in algorithms):
         return x.to(dtype)
-    return x.to(dtype, memory_format=torch.channels_last)
+    if x.device.type != "cpu" or x.dtype != dtype or not x.is_contiguous():
+        return x.to(dtype, memory_format=torch.channels_last)
+    # Image by image as a 2-D (C, H*W) -> (H*W, C) transpose, which torch's CPU copy runs
+    # cache-blocked: 3x faster than its generic channels-last copy (2048 channels at 64x128).
+    out = torch.empty_like(x, memory_format=torch.channels_last)
+    pixels_by_channel = out.permute(0, 2, 3, 1).view(x.shape[0], -1, x.shape[1])
+    for image, target in zip(x, pixels_by_channel):
+        target.copy_(image.view(x.shape[1], -1).t())
+    return out
 
 
 def _depthwise(layer: nn.Module, x: Tensor, rate: int) -> Tensor:

@@ -44,12 +44,18 @@ SKIP_TAPS_BELOW = 0.92
 # Up to this many output pixels (batch x H x W) per-tap GEMMs beat direct convolution in
 # inference; with autograd their region-wise backward does not.
 GEMM_MAX_PIXELS = 512
-# A full 3x3 branch runs as Winograd when that takes at most this share of the multiplications
-# of its valid taps. Measured at 2048 -> 512 channels against tap skipping, in inference: at
-# shares of 0.76 and 0.65 1.13x and 1.23x faster (128x256, rates 36 and 24), at 0.95 1.11x
-# slower (64x128, rate 24); a training step (batch 2): 0.65 1.19x faster (97x97, rate 24),
-# 0.73 a tie (64x64, rate 12), 0.95 1.18x slower (64x128, rate 24).
+# A full 3x3 kernel runs as Winograd when that takes at most this share of the multiplications
+# of its valid taps. Measured for F(2x2, 3x3) at 2048 -> 512 channels against tap skipping, in
+# inference: at shares of 0.76 and 0.65 1.13x and 1.23x faster (128x256, rates 36 and 24), at
+# 0.95 1.11x slower (64x128, rate 24); a training step (batch 2): 0.65 1.19x faster (97x97,
+# rate 24), 0.73 a tie (64x64, rate 12), 0.95 1.18x slower (64x128, rate 24).
 WINOGRAD_BELOW = 0.8
+# F(4x4, 3x3) transforms more values per multiplication saved, and on small phase maps pads
+# more; it runs when its share is at most this fraction of F(2x2, 3x3)'s. Measured in
+# inference (2048 or 2560 -> 512 channels, batch 1): at 0.56 (the bottleneck at 64x128,
+# 32x32, 16x16) 1.39x, 1.12x and 1.26x faster than F(2x2, 3x3); at 0.65 (128x256, rate 12)
+# 1.25x faster; at 0.79 (64x128, rate 12) 1.09x slower; at 1.0 (64x64, rate 12) 1.27x slower.
+WINOGRAD4_OVER_WINOGRAD = 0.7
 
 _forced: str | None = None
 
@@ -82,14 +88,27 @@ def deterministic_requested() -> bool:
     return torch.are_deterministic_algorithms_enabled() or torch.backends.cudnn.deterministic
 
 
-def winograd_share(height: int, width: int, rate: int) -> float:
-    """Multiplications of a phase-wise Winograd 3x3 conv over those of its valid taps."""
+def winograd_share(height: int, width: int, rate: int, m: int = 2) -> float:
+    """Multiplications of a phase-wise Winograd F(m x m, 3x3) conv over those of its valid taps."""
 
-    def tiles(length: int) -> int:  # 2-wide tiles along an axis, over all phases
-        return sum((end - first) * ((count + 1) // 2) for first, end, count in phase_groups(length, rate))
+    def tiles(length: int) -> int:  # m-wide tiles along an axis, over all phases
+        return sum((end - first) * -(-count // m) for first, end, count in phase_groups(length, rate))
 
     valid = 9 * height * width * valid_tap_fraction(height, rate) * valid_tap_fraction(width, rate)
-    return 16 * tiles(height) * tiles(width) / valid
+    return (m + 2) ** 2 * tiles(height) * tiles(width) / valid
+
+
+def _winograd_variants(problem: ConvProblem) -> tuple[str, ...]:
+    """The Winograd algorithms worth trying for ``problem``, best first (none for a cropped kernel)."""
+    if problem.kernel != (3, 3):
+        return ()
+    share2, share4 = (winograd_share(problem.height, problem.width, problem.rate, m) for m in (2, 4))
+    variants = []
+    if share4 <= min(WINOGRAD_BELOW, WINOGRAD4_OVER_WINOGRAD * share2):
+        variants.append("winograd4")  # fp32/float64 inference only; others skip to the next
+    if share2 <= WINOGRAD_BELOW:
+        variants.append("winograd")
+    return tuple(variants)
 
 
 def preferences(problem: ConvProblem) -> tuple[str, ...]:
@@ -104,15 +123,13 @@ def preferences(problem: ConvProblem) -> tuple[str, ...]:
     if problem.rate == 1:  # the bottleneck
         # In training on a small map Winograd's transformed kernel and its gradient outweigh
         # the activations (V3+ at 16x16, batch 2: 307 MB against mmseg's 68) and its time.
-        return ("dense",) if small and problem.grad else ("winograd", "dense")
+        return ("dense",) if small and problem.grad else (*_winograd_variants(problem), "dense")
     height, width, rate = problem.height, problem.width, problem.rate
     nearly_full = valid_tap_fraction(height, rate) * valid_tap_fraction(width, rate) >= SKIP_TAPS_BELOW
     direct = ("dense", "skip") if nearly_full else ("skip", "dense")
     if small:
         return direct if problem.grad else ("gemm", *direct)
-    if problem.kernel == (3, 3) and winograd_share(height, width, rate) <= WINOGRAD_BELOW:
-        return ("winograd", *direct)
-    return direct
+    return (*_winograd_variants(problem), *direct)
 
 
 def choose(problem: ConvProblem, mode: str) -> Algorithm:

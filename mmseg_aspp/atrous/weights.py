@@ -14,14 +14,15 @@ import torch
 from torch import Tensor
 from torch.utils.weak import WeakIdKeyDictionary
 
-from .winograd import winograd_kernel
+from .winograd import F2, F4, winograd_kernel
 
 _cache: WeakIdKeyDictionary = WeakIdKeyDictionary()
+_WINOGRAD_LAYOUTS = {"winograd": F2, "winograd4": F4}
 
 
 def _layout(view: Tensor, layout: str) -> Tensor:
-    if layout == "winograd":  # (O, C, 3, 3) -> (16, O, C), transformed in float32
-        return winograd_kernel(view)
+    if layout in _WINOGRAD_LAYOUTS:  # (O, C, 3, 3) -> (n^2, C, O), transformed in float32 or wider
+        return winograd_kernel(view, _WINOGRAD_LAYOUTS[layout])
     if layout == "taps":  # (O, C, kh, kw) -> (kh * kw, C, O) for per-tap GEMMs
         out_ch, in_ch = view.shape[:2]
         return view.permute(2, 3, 1, 0).reshape(-1, in_ch, out_ch).contiguous()
@@ -38,8 +39,9 @@ def prepared_weight(weight: Tensor, index: tuple, layout: str, dtype: torch.dtyp
     Args:
         weight: A parameter of the head.
         index: Tuple of slices selecting the part to use.
-        layout: ``"contiguous"``, ``"channels_last"``, ``"taps"`` (per-tap matrices)
-            or ``"winograd"`` (the F(2x2, 3x3) kernel transform; inference only).
+        layout: ``"contiguous"``, ``"channels_last"``, ``"taps"`` (per-tap matrices),
+            ``"winograd"`` or ``"winograd4"`` (the F(2x2, 3x3) or F(4x4, 3x3) kernel
+            transform; inference only).
         dtype: Compute dtype (under autocast); defaults to the weight's own.
     """
     dtype = dtype or weight.dtype

@@ -1,16 +1,18 @@
-"""3x3 convolution (stride 1, padding 1) by Winograd's F(2x2, 3x3) algorithm.
+"""3x3 convolution (stride 1, padding 1) by Winograd's minimal filtering F(m x m, 3x3).
 
-Each 2x2 block of output pixels is computed from the 4x4 input tile around
-it with 16 multiplications per channel pair instead of 36: the tile is
-transformed (``B^T d B``, additions only), multiplied by the transformed
-kernel (``G g G^T``, computed once), and transformed back (``A^T m A``).
-Over all tiles the 16 products are 16 GEMMs (tiles, C_in) x (C_in, C_out),
-which run at GEMM speed, so the convolution needs 2.25x fewer
-multiply-accumulates than a direct one.
+Each m x m block of output pixels is computed from the (m + 2) x (m + 2) input
+tile around it with (m + 2)^2 multiplications per channel pair instead of 9 m^2:
+the tile is transformed (``B^T d B``, a few additions), multiplied by the
+transformed kernel (``G g G^T``, computed once) and transformed back
+(``A^T m A``). Over all tiles the products are (m + 2)^2 GEMMs
+(tiles, C_in) x (C_in, C_out), which run at GEMM speed: F(2x2, 3x3) needs 2.25x
+fewer multiply-accumulates than a direct convolution, F(4x4, 3x3) 4x fewer.
 
-It is the same linear map as the convolution; only rounding differs (the
-transforms add and subtract a few values of similar size). The work is laid
-out channels-last, so every transform step is a unit-stride elementwise op.
+It is the same linear map as the convolution; only rounding differs. The
+transforms add and subtract values of similar size: F(2x2, 3x3) rounds about as
+a direct convolution does, F(4x4, 3x3) (larger coefficients) about 5x more in
+fp32, so it is used in fp32/float64 inference only (``TileTransform``). The work
+is laid out channels-last, so every transform step is a unit-stride elementwise op.
 
 A dilated 3x3 convolution at rate ``r`` only combines pixels of one phase
 ``(y mod r, x mod r)``; each phase is a small map on which the dilated
@@ -19,7 +21,8 @@ space-to-batch form in which DeepLab first ran atrous convolution).
 """
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from fractions import Fraction
+from typing import Iterator, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -27,39 +30,101 @@ from torch import Tensor
 
 from .geometry import phase_groups
 
-# The 16 transformed copies of a tile are the largest buffers: working on this
+# The transformed copies of a tile are the largest buffers: working on this
 # many bytes of them at a time keeps memory small and the buffers reusable
 # (freed blocks above 32 MB go back to the OS and are page-faulted in anew).
-CHUNK_BYTES = 16 * 2**20
+# Larger chunks make larger GEMMs: at 2048 -> 512 channels, 64x128, rate 12,
+# F(2x2, 3x3) took 0.58 / 0.54 / 0.51 / 0.49 / 0.52 s with 12 / 16 / 24 / 32 / 48 MB.
+CHUNK_BYTES = 32 * 2**20
 
-# Kernel transform G (4x3) of F(2, 3); the input and output transforms are written out below.
-_G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
+Matrix = tuple[tuple[float, ...], ...]
 
 
-def winograd_kernel(weight: Tensor) -> Tensor:
-    """Transformed kernel ``G g G^T`` as 16 matrices (16, C_in, C_out), in float32 or wider.
+class TileTransform(NamedTuple):
+    """The matrices of F(m x m, 3x3): ``Y = A^T [(G g G^T) * (B^T d B)] A``."""
+
+    m: int  # outputs per tile side; a tile reads m + 2 inputs per side
+    input: Matrix  # B^T, (m + 2) x (m + 2)
+    kernel: Matrix  # G, (m + 2) x 3
+    output: Matrix  # A^T, m x (m + 2)
+
+    @property
+    def n(self) -> int:
+        return self.m + 2
+
+
+def toom_cook(points: Sequence[Fraction]) -> TileTransform:
+    """F(m, 3) from m + 1 interpolation points and the point at infinity (Toom-Cook).
+
+    The output transform evaluates powers at the points, the kernel transform divides
+    by each point's Lagrange denominator, and the input transform holds the
+    coefficients of the polynomials that vanish at every other point.
+    """
+    m = len(points) - 1
+
+    def polynomial(roots) -> list[Fraction]:  # coefficients, lowest power first, length m + 2
+        coefficients = [Fraction(1)]
+        for root in roots:
+            coefficients = [Fraction(0)] + coefficients
+            for i in range(len(coefficients) - 1):
+                coefficients[i] -= root * coefficients[i + 1]
+        return coefficients + [Fraction(0)] * (m + 2 - len(coefficients))
+
+    def denominator(j: int) -> Fraction:
+        product = Fraction(1)
+        for other in points[:j] + points[j + 1 :]:
+            product *= points[j] - other
+        return product
+
+    output = [[p**i for p in points] + [int(i == m - 1)] for i in range(m)]
+    kernel = [[p**k / denominator(j) for k in range(3)] for j, p in enumerate(points)] + [[0, 0, 1]]
+    inputs = [polynomial(points[:j] + points[j + 1 :]) for j in range(len(points))] + [polynomial(points)]
+    as_floats = lambda rows: tuple(tuple(float(v) for v in row) for row in rows)  # noqa: E731
+    return TileTransform(m, as_floats(inputs), as_floats(kernel), as_floats(output))
+
+
+# Lavin and Gray's F(2, 3) (the points 0, 1, -1 with their signs and summation order, which
+# earlier results were measured with).
+F2 = TileTransform(2, input=((1.0, 0.0, -1.0, 0.0), (0.0, 1.0, 1.0, 0.0), (0.0, -1.0, 1.0, 0.0), (0.0, 1.0, 0.0, -1.0)),
+                   kernel=((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0)),
+                   output=((1.0, 1.0, 1.0, 0.0), (0.0, 1.0, -1.0, -1.0)))
+# The points 2 and -1/2 (rather than +-2 or +-1/2) round the least: 1.5e-6 against 2.3e-6
+# relative error in fp32 at 2560 -> 512 channels, direct convolution 2.7e-7.
+F4 = toom_cook([Fraction(0), Fraction(1), Fraction(-1), Fraction(2), Fraction(-1, 2)])
+
+
+def winograd_kernel(weight: Tensor, transform: TileTransform = F2) -> Tensor:
+    """Transformed kernel ``G g G^T`` as n^2 matrices (n^2, C_in, C_out), in float32 or wider.
 
     Args:
         weight: 3x3 kernel (C_out, C_in, 3, 3).
+        transform: Which F(m x m, 3x3); n = m + 2.
     """
     weight = weight.to(torch.promote_types(weight.dtype, torch.float32))
-    g = torch.tensor(_G, dtype=weight.dtype, device=weight.device)
+    g = torch.tensor(transform.kernel, dtype=weight.dtype, device=weight.device)
     out_ch, in_ch = weight.shape[:2]
-    return torch.einsum("ak,oikl,bl->abio", g, weight, g).reshape(16, in_ch, out_ch)
+    return torch.einsum("ak,oikl,bl->abio", g, weight, g).reshape(transform.n**2, in_ch, out_ch)
 
 
-def _input_transform(d0: Tensor, d1: Tensor, d2: Tensor, d3: Tensor, out: Tensor) -> None:
-    """``B^T d`` along one axis, for the four taps of every tile, into ``out[0..3]``."""
-    torch.sub(d0, d2, out=out[0])
-    torch.add(d1, d2, out=out[1])
-    torch.sub(d2, d1, out=out[2])
-    torch.sub(d1, d3, out=out[3])
+def _combine(row: Sequence[float], views: Sequence[Tensor], out: Tensor) -> None:
+    """``out = sum_k row[k] * views[k]``, one elementwise op per nonzero term."""
+    terms = sorted(((c, v) for c, v in zip(row, views) if c), key=lambda term: term[0] != 1)
+    (c0, v0), rest = terms[0], terms[1:]
+    if c0 == 1 and rest:
+        c1, v1 = rest.pop(0)
+        torch.add(v0, v1, alpha=c1, out=out)
+    elif c0 == 1:
+        out.copy_(v0)
+    else:
+        torch.mul(v0, c0, out=out)
+    for c, v in rest:
+        out.add_(v, alpha=c)
 
 
-def _output_transform(m0: Tensor, m1: Tensor, m2: Tensor, m3: Tensor, out0: Tensor, out1: Tensor) -> None:
-    """``A^T m`` along one axis: the two outputs of every tile."""
-    torch.add(m0, m1, out=out0).add_(m2)
-    torch.sub(m1, m2, out=out1).sub_(m3)
+def _transform(matrix: Matrix, views: Sequence[Tensor], out: Tensor) -> None:
+    """``matrix`` applied along one axis of every tile: ``out[a] = sum_k matrix[a][k] * views[k]``."""
+    for a, row in enumerate(matrix):
+        _combine(row, views, out[a])
 
 
 def _tile_chunks(batch: int, tiles_h: int, tiles_w: int, max_tiles: int):
@@ -80,57 +145,53 @@ def _tile_chunks(batch: int, tiles_h: int, tiles_w: int, max_tiles: int):
             yield slice(n, n + 1), slice(i, min(i + band, tiles_h))
 
 
-def _input_tiles(padded: Tensor) -> Tensor:
-    """``B^T d B`` of every tile of a zero-padded piece (N, 2 * th + 2, 2 * tw + 2, C): (4, 4, N, th, tw, C)."""
+def _input_tiles(padded: Tensor, transform: TileTransform) -> Tensor:
+    """``B^T d B`` of every tile of a zero-padded piece (N, m * th + 2, m * tw + 2, C): (n, n, N, th, tw, C)."""
+    m, n = transform.m, transform.n
     batch, padded_h, padded_w, channels = padded.shape
-    tiles_h, tiles_w = (padded_h - 2) // 2, (padded_w - 2) // 2
-    # Tile (i, j) reads padded rows 2i..2i+3 and columns 2j..2j+3.
-    rows = padded.new_empty(4, batch, tiles_h, padded_w, channels)
-    _input_transform(*(padded[:, k : k + 2 * tiles_h - 1 : 2] for k in range(4)), out=rows)
-    tiles = padded.new_empty(4, 4, batch, tiles_h, tiles_w, channels)
-    for a in range(4):
-        _input_transform(*(rows[a][:, :, k : k + 2 * tiles_w - 1 : 2] for k in range(4)), out=tiles[a])
+    tiles_h, tiles_w = (padded_h - 2) // m, (padded_w - 2) // m
+    # Tile (i, j) reads padded rows m*i .. m*i + n - 1 and the same columns.
+    rows = padded.new_empty(n, batch, tiles_h, padded_w, channels)
+    _transform(transform.input, [padded[:, k : k + m * (tiles_h - 1) + 1 : m] for k in range(n)], rows)
+    tiles = padded.new_empty(n, n, batch, tiles_h, tiles_w, channels)
+    for a in range(n):
+        _transform(transform.input, [rows[a][:, :, k : k + m * (tiles_w - 1) + 1 : m] for k in range(n)], tiles[a])
     return tiles
 
 
-def _winograd_tiles(padded: Tensor, kernel: Tensor, out: Tensor) -> None:
-    """All tiles of a zero-padded piece (N, 2 * th + 2, 2 * tw + 2, C_in) into ``out``.
+def _winograd_tiles(padded: Tensor, kernel: Tensor, transform: TileTransform, out: Tensor) -> None:
+    """All tiles of a zero-padded piece (N, m * th + 2, m * tw + 2, C_in) into ``out``.
 
-    ``out`` is (N, th, 2, tw, 2, C_out): row and column within each tile's 2x2 block.
+    ``out`` is (N, th, m, tw, m, C_out): row and column within each tile's m x m block.
     """
-    tiles = _input_tiles(padded)
+    tiles = _input_tiles(padded, transform)
     shape = tiles.shape[:5]
-    products = torch.bmm(tiles.view(16, -1, tiles.shape[-1]), kernel).view(*shape, kernel.shape[2])
-    half = products.new_empty(2, *shape[1:], kernel.shape[2])
-    _output_transform(*products, half[0], half[1])
-    for i in range(2):
-        _output_transform(*half[i], out[:, :, i, :, 0], out[:, :, i, :, 1])
+    products = torch.bmm(tiles.view(transform.n**2, -1, tiles.shape[-1]), kernel).view(*shape, kernel.shape[2])
+    rows = products.new_empty(transform.m, *shape[1:], kernel.shape[2])
+    _transform(transform.output, products, rows)
+    for i in range(transform.m):
+        _transform(transform.output, rows[i], out[:, :, i].movedim(3, 0))
 
 
-def _grad_transform(g0: Tensor, g1: Tensor, out: Tensor) -> None:
-    """``A g`` along one axis, the adjoint of the output transform: 2 values to 4."""
-    out[0].copy_(g0)
-    torch.add(g0, g1, out=out[1])
-    torch.sub(g0, g1, out=out[2])
-    torch.neg(g1, out=out[3])
-
-
-def _grad_tiles(blocks: Tensor) -> Tensor:
-    """``A dY A^T`` of every 2x2 block (N, th, 2, tw, 2, C) of an output gradient: (4, 4, N, th, tw, C)."""
-    rows = blocks.new_empty(4, *blocks.shape[:2], *blocks.shape[3:])
-    _grad_transform(blocks[:, :, 0], blocks[:, :, 1], rows)
-    tiles = blocks.new_empty(4, 4, blocks.shape[0], blocks.shape[1], blocks.shape[3], blocks.shape[5])
-    for a in range(4):
-        _grad_transform(rows[a][:, :, :, 0], rows[a][:, :, :, 1], tiles[a])
+def _grad_tiles(blocks: Tensor, transform: TileTransform) -> Tensor:
+    """``A dY A^T`` of every m x m block (N, th, m, tw, m, C) of an output gradient: (n, n, N, th, tw, C)."""
+    adjoint = tuple(zip(*transform.output))  # A, the adjoint of the output transform
+    n, (batch, tiles_h, _, tiles_w, _, channels) = transform.n, blocks.shape
+    rows = blocks.new_empty(n, batch, tiles_h, tiles_w, transform.m, channels)
+    _transform(adjoint, blocks.unbind(2), rows)
+    tiles = blocks.new_empty(n, n, batch, tiles_h, tiles_w, channels)
+    for a in range(n):
+        _transform(adjoint, rows[a].unbind(3), tiles[a])
     return tiles
 
 
-def _padded_length(length: int) -> int:
-    """Rows (or columns) of a zero-bordered input: whole 2-wide tiles plus a border of one."""
-    return 2 * ((length + 1) // 2) + 2
+def _padded_length(length: int, m: int) -> int:
+    """Rows (or columns) of a zero-bordered input: whole m-wide tiles plus a border of one."""
+    return m * -(-length // m) + 2
 
 
-def winograd_input(batch: int, channels: int, height: int, width: int, like: Tensor) -> tuple[Tensor, Tensor]:
+def winograd_input(batch: int, channels: int, height: int, width: int, like: Tensor,
+                   transform: TileTransform = F2) -> tuple[Tensor, Tensor]:
     """A zero-bordered input buffer for ``winograd_conv3x3`` and its interior to fill.
 
     Filling the interior piece by piece lets a caller convolve a channel
@@ -139,12 +200,14 @@ def winograd_input(batch: int, channels: int, height: int, width: int, like: Ten
     Args:
         batch, channels, height, width: Size of the input map.
         like: Tensor whose dtype and device the buffer takes.
+        transform: The F(m x m, 3x3) the buffer is for (its tiles are m wide).
 
     Returns:
-        ``(buffer, interior)``: the (N, 2 * ceil(H/2) + 2, 2 * ceil(W/2) + 2, C)
+        ``(buffer, interior)``: the (N, m * ceil(H/m) + 2, m * ceil(W/m) + 2, C)
         buffer, and a (N, C, H, W) view of its interior.
     """
-    buffer = like.new_empty(batch, _padded_length(height), _padded_length(width), channels)
+    m = transform.m
+    buffer = like.new_empty(batch, _padded_length(height, m), _padded_length(width, m), channels)
     # Only the border (and the rounding up to whole tiles) is cleared; the caller writes the rest.
     buffer[:, 0].zero_()
     buffer[:, height + 1 :].zero_()
@@ -153,30 +216,31 @@ def winograd_input(batch: int, channels: int, height: int, width: int, like: Ten
     return buffer, buffer[:, 1 : height + 1, 1 : width + 1].permute(0, 3, 1, 2)
 
 
-def winograd_conv3x3(buffer: Tensor, kernel: Tensor, height: int, width: int,
+def winograd_conv3x3(buffer: Tensor, kernel: Tensor, height: int, width: int, transform: TileTransform = F2,
                      max_tiles: int | None = None) -> Tensor:
-    """``conv2d(input, weight, padding=1)`` via F(2x2, 3x3), without bias.
+    """``conv2d(input, weight, padding=1)`` via F(m x m, 3x3), without bias.
 
     Args:
         buffer: ``winograd_input``'s buffer with the input written to its interior.
-        kernel: ``winograd_kernel(weight)`` in the buffer's dtype.
+        kernel: ``winograd_kernel(weight, transform)`` in the buffer's dtype.
         height, width: Size of the input map.
+        transform: Which F(m x m, 3x3).
         max_tiles: Tiles transformed and multiplied at a time; by default as
             many as fit ``CHUNK_BYTES``.
 
     Returns:
         (N, C_out, H, W) in channels-last memory format.
     """
-    batch, in_ch = buffer.shape[0], buffer.shape[3]
+    m, batch, in_ch = transform.m, buffer.shape[0], buffer.shape[3]
     out_ch = kernel.shape[2]
-    tiles_h, tiles_w = (height + 1) // 2, (width + 1) // 2
+    tiles_h, tiles_w = -(-height // m), -(-width // m)
     if max_tiles is None:
-        max_tiles = max(1, CHUNK_BYTES // (16 * max(in_ch, out_ch) * kernel.element_size()))
-    out = buffer.new_empty(batch, tiles_h, 2, tiles_w, 2, out_ch)
+        max_tiles = max(1, CHUNK_BYTES // (transform.n**2 * max(in_ch, out_ch) * kernel.element_size()))
+    out = buffer.new_empty(batch, tiles_h, m, tiles_w, m, out_ch)
     for images, tile_rows in _tile_chunks(batch, tiles_h, tiles_w, max_tiles):
-        buffer_rows = slice(2 * tile_rows.start, 2 * tile_rows.stop + 2)
-        _winograd_tiles(buffer[images, buffer_rows], kernel, out[images, tile_rows])
-    return out.view(batch, 2 * tiles_h, 2 * tiles_w, out_ch)[:, :height, :width].permute(0, 3, 1, 2)
+        buffer_rows = slice(m * tile_rows.start, m * tile_rows.stop + 2)
+        _winograd_tiles(buffer[images, buffer_rows], kernel, transform, out[images, tile_rows])
+    return out.view(batch, m * tiles_h, m * tiles_w, out_ch)[:, :height, :width].permute(0, 3, 1, 2)
 
 
 def _phase_view(hwc: Tensor, rows: tuple[int, int, int], cols: tuple[int, int, int], rate: int) -> Tensor:
@@ -190,8 +254,11 @@ def _phase_view(hwc: Tensor, rows: tuple[int, int, int], cols: tuple[int, int, i
                           (sn, sh, sw, rate * sh, rate * sw, sc), hwc.storage_offset() + a0 * sh + b0 * sw)
 
 
-def _phase_passes(x: Tensor, rate: int, others: Sequence[Tensor] = ()) -> Iterator[tuple]:
+def _phase_passes(x: Tensor, rate: int, transform: TileTransform, others: Sequence[Tensor] = ()) -> Iterator[tuple]:
     """The phases of ``x`` (N, H, W, C) as batches of zero-bordered maps, about ``CHUNK_BYTES`` each.
+
+    Args:
+        transform: The F(m x m, 3x3) the buffers are for.
 
     Yields:
         ``(buffer, height, width, views)``: a ``winograd_input`` buffer holding the pass's
@@ -204,33 +271,35 @@ def _phase_passes(x: Tensor, rate: int, others: Sequence[Tensor] = ()) -> Iterat
             src = _phase_view(x, rows, cols, rate)
             row_phases, col_phases, height, width = src.shape[1:5]
             # Row phases per pass: as many as keep the zero-bordered maps within CHUNK_BYTES.
-            map_bytes = _padded_length(height) * _padded_length(width) * channels * x.element_size()
+            map_bytes = _padded_length(height, transform.m) * _padded_length(width, transform.m) * channels * x.element_size()
             step = max(1, CHUNK_BYTES // (batch * col_phases * map_bytes))
             for a in range(0, row_phases, step):
                 taken = min(step, row_phases - a)
-                buffer, interior = winograd_input(batch * taken * col_phases, channels, height, width, x)
+                buffer, interior = winograd_input(batch * taken * col_phases, channels, height, width, x,
+                                                  transform)
                 interior.permute(0, 2, 3, 1).view(batch, taken, col_phases, height, width, channels).copy_(
                     src[:, a : a + taken])
                 yield buffer, height, width, [_phase_view(t, rows, cols, rate)[:, a : a + taken] for t in others]
 
 
-def winograd_atrous_conv3x3(x: Tensor, kernel: Tensor, rate: int) -> Tensor:
-    """``conv2d(x, weight, padding=rate, dilation=rate)`` via F(2x2, 3x3) on each phase, without bias.
+def winograd_atrous_conv3x3(x: Tensor, kernel: Tensor, rate: int, transform: TileTransform = F2) -> Tensor:
+    """``conv2d(x, weight, padding=rate, dilation=rate)`` via F(m x m, 3x3) on each phase, without bias.
 
     The phases of equal size are gathered into a batch of small zero-bordered
     maps, about ``CHUNK_BYTES`` of them per pass, so the extra memory stays bounded.
 
     Args:
         x: Input (N, H, W, C), any strides (a permuted channels-last map is fastest).
-        kernel: ``winograd_kernel(weight)`` in ``x``'s dtype.
+        kernel: ``winograd_kernel(weight, transform)`` in ``x``'s dtype.
         rate: Dilation (and padding) of the convolution.
+        transform: Which F(m x m, 3x3).
 
     Returns:
         (N, H, W, C_out).
     """
     out = x.new_empty(*x.shape[:3], kernel.shape[2])
-    for buffer, height, width, (dst,) in _phase_passes(x, rate, [out]):
-        result = winograd_conv3x3(buffer, kernel, height, width).permute(0, 2, 3, 1)
+    for buffer, height, width, (dst,) in _phase_passes(x, rate, transform, [out]):
+        result = winograd_conv3x3(buffer, kernel, height, width, transform).permute(0, 2, 3, 1)
         dst.copy_(result.view(dst.shape))
     return out
 
@@ -254,7 +323,7 @@ def winograd_atrous_weight_grad(x: Tensor, grad: Tensor, rate: int) -> Tensor:
     in_ch, out_ch = x.shape[3], grad.shape[3]
     transformed = x.new_zeros(16, out_ch, in_ch, dtype=torch.promote_types(x.dtype, torch.float32))
     max_tiles = max(1, CHUNK_BYTES // (16 * max(in_ch, out_ch) * x.element_size()))
-    for buffer, height, width, (grad_phases,) in _phase_passes(x, rate, [grad]):
+    for buffer, height, width, (grad_phases,) in _phase_passes(x, rate, F2, [grad]):
         maps = buffer.shape[0]
         tiles_h, tiles_w = (height + 1) // 2, (width + 1) // 2
         # Output positions past the map (rounding up to whole tiles) get a zero gradient.
@@ -263,10 +332,10 @@ def winograd_atrous_weight_grad(x: Tensor, grad: Tensor, rate: int) -> Tensor:
         blocks = blocks.view(maps, tiles_h, 2, tiles_w, 2, out_ch)
         for images, tile_rows in _tile_chunks(maps, tiles_h, tiles_w, max_tiles):
             buffer_rows = slice(2 * tile_rows.start, 2 * tile_rows.stop + 2)
-            tiles = _input_tiles(buffer[images, buffer_rows]).view(16, -1, in_ch)
-            grad_tiles = _grad_tiles(blocks[images, tile_rows]).view(16, -1, out_ch)
+            tiles = _input_tiles(buffer[images, buffer_rows], F2).view(16, -1, in_ch)
+            grad_tiles = _grad_tiles(blocks[images, tile_rows], F2).view(16, -1, out_ch)
             transformed.baddbmm_(grad_tiles.transpose(1, 2).to(transformed.dtype), tiles.to(transformed.dtype))
-    g = torch.tensor(_G, dtype=transformed.dtype, device=x.device)
+    g = torch.tensor(F2.kernel, dtype=transformed.dtype, device=x.device)
     return torch.einsum("ak,aboc,bl->ockl", g, transformed.view(4, 4, out_ch, in_ch), g)
 
 
@@ -311,18 +380,21 @@ def winograd_atrous_conv3x3_trainable(x: Tensor, weight: Tensor, rate: int) -> T
     return _WinogradAtrousConv.apply(x, weight, rate)
 
 
-def _input_transformed(d0: Tensor, d1: Tensor, d2: Tensor, d3: Tensor, dim: int) -> Tensor:
-    """``B^T d`` along one axis as a new tensor (``_input_transform`` writes into a buffer)."""
-    return torch.stack((d0 - d2, d1 + d2, d2 - d1, d1 - d3), dim=dim)
+def _transformed(matrix: Matrix, views: Sequence[Tensor], dim: int) -> Tensor:
+    """``matrix`` applied along one axis of every tile, stacked at ``dim`` as a new tensor
+    (``_transform`` writes into a buffer)."""
+    rows = []
+    for row in matrix:
+        terms = [(c, v) for c, v in zip(row, views) if c]
+        total = terms[0][1] * terms[0][0]
+        for c, v in terms[1:]:
+            total = total + v * c
+        rows.append(total)
+    return torch.stack(rows, dim=dim)
 
 
-def _output_transformed(m0: Tensor, m1: Tensor, m2: Tensor, m3: Tensor, dim: int) -> Tensor:
-    """``A^T m`` along one axis as a new tensor."""
-    return torch.stack((m0 + m1 + m2, m1 - m2 - m3), dim=dim)
-
-
-def winograd_atrous_conv3x3_graph(x: Tensor, kernel: Tensor, rate: int) -> Tensor:
-    """The phase-wise F(2x2, 3x3) convolution as whole-tensor ops, for ``torch.compile``.
+def winograd_atrous_conv3x3_graph(x: Tensor, kernel: Tensor, rate: int, transform: TileTransform = F2) -> Tensor:
+    """The phase-wise F(m x m, 3x3) convolution as whole-tensor ops, for ``torch.compile``.
 
     No chunks, no ``out=`` views, no strided gathers: the map is zero-padded to whole
     phases and reshaped into one batch of phase maps, whose tiles are transformed with
@@ -331,25 +403,28 @@ def winograd_atrous_conv3x3_graph(x: Tensor, kernel: Tensor, rate: int) -> Tenso
 
     Args:
         x: Input (N, C, H, W).
-        kernel: ``winograd_kernel(weight)`` in ``x``'s dtype.
+        kernel: ``winograd_kernel(weight, transform)`` in ``x``'s dtype.
         rate: Dilation (and padding) of the convolution.
+        transform: Which F(m x m, 3x3).
 
     Returns:
         (N, C_out, H, W).
     """
+    m, n = transform.m, transform.n
     batch, channels, height, width = x.shape
     out_ch = kernel.shape[2]
     phase_h, phase_w = -(-height // rate), -(-width // rate)
-    tiles_h, tiles_w = (phase_h + 1) // 2, (phase_w + 1) // 2
+    tiles_h, tiles_w = -(-phase_h // m), -(-phase_w // m)
     hwc = F.pad(x.permute(0, 2, 3, 1), (0, 0, 0, phase_w * rate - width, 0, phase_h * rate - height))
     phases = hwc.reshape(batch, phase_h, rate, phase_w, rate, channels).permute(0, 2, 4, 1, 3, 5)
     phases = phases.reshape(batch * rate * rate, phase_h, phase_w, channels)
-    padded = F.pad(phases, (0, 0, 1, 2 * tiles_w - phase_w + 1, 1, 2 * tiles_h - phase_h + 1))
-    rows = _input_transformed(*(padded[:, k : k + 2 * tiles_h - 1 : 2] for k in range(4)), dim=0)
-    tiles = _input_transformed(*(rows[:, :, :, k : k + 2 * tiles_w - 1 : 2] for k in range(4)), dim=1)
-    products = torch.bmm(tiles.reshape(16, -1, channels), kernel).view(4, 4, -1, tiles_h, tiles_w, out_ch)
-    half = _output_transformed(*products.unbind(1), dim=4)  # over tile columns: (4, maps, th, tw, 2, O)
-    out = _output_transformed(*half.unbind(0), dim=2)  # over tile rows: (maps, th, 2, tw, 2, O)
-    out = out.reshape(-1, 2 * tiles_h, 2 * tiles_w, out_ch)[:, :phase_h, :phase_w]
+    padded = F.pad(phases, (0, 0, 1, m * tiles_w - phase_w + 1, 1, m * tiles_h - phase_h + 1))
+    rows = _transformed(transform.input, [padded[:, k : k + m * (tiles_h - 1) + 1 : m] for k in range(n)], dim=0)
+    tiles = _transformed(transform.input, [rows[:, :, :, k : k + m * (tiles_w - 1) + 1 : m] for k in range(n)],
+                         dim=1)
+    products = torch.bmm(tiles.reshape(n * n, -1, channels), kernel).view(n, n, -1, tiles_h, tiles_w, out_ch)
+    half = _transformed(transform.output, products.unbind(1), dim=4)  # over tile columns: (n, maps, th, tw, m, O)
+    out = _transformed(transform.output, half.unbind(0), dim=2)  # over tile rows: (maps, th, m, tw, m, O)
+    out = out.reshape(-1, m * tiles_h, m * tiles_w, out_ch)[:, :phase_h, :phase_w]
     out = out.reshape(batch, rate, rate, phase_h, phase_w, out_ch).permute(0, 3, 1, 4, 2, 5)
     return out.reshape(batch, phase_h * rate, phase_w * rate, out_ch)[:, :height, :width].permute(0, 3, 1, 2)

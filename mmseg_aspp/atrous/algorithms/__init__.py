@@ -7,10 +7,10 @@ from .base import Algorithm, ConvProblem
 from .dense import Dense
 from .gemm import PerTapGemm
 from .skip import TapSkipping
-from .winograd import Winograd
+from .winograd import Winograd, Winograd4
 
 ALGORITHMS: dict[str, Algorithm] = {
-    algorithm.name: algorithm for algorithm in (Dense(), TapSkipping(), PerTapGemm(), Winograd())
+    algorithm.name: algorithm for algorithm in (Dense(), TapSkipping(), PerTapGemm(), Winograd(), Winograd4())
 }
 
 __all__ = ["ALGORITHMS", "Algorithm", "ConvProblem"]
