@@ -49,12 +49,13 @@ def test_small_run_writes_table_json_and_chart(tmp_path, monkeypatch, capsys):
         else:
             assert row["argmax_agreement"] is None
     # 16x16 in batches of 2 is 512 pixels: per-tap GEMMs in inference, tap skipping in training;
-    # rates 24 and 36 reach past the map (1x1 crops, dense); the bottleneck is Winograd F(4x4, 3x3)
-    # in fp32 inference, dense in training. DeepLabV3+ plans the pointwise (1x1) half of its
-    # separable branches.
+    # rates 24 and 36 reach past the map (1x1 crops, dense on the channels-last input the GEMMs
+    # share); the bottleneck is Winograd F(4x4, 3x3) in fp32 inference, dense in training.
+    # DeepLabV3+ plans the pointwise (1x1) half of its separable branches: on their NCHW input
+    # one GEMM each in inference.
     assert rows[(cases[0], "eval", "ours")]["plan"] == "dense+gemm+dense+dense > winograd4"
     assert rows[(cases[0], "train", "ours")]["plan"] == "dense+skip+dense+dense > dense"
-    assert rows[(cases[1], "eval", "ours")]["plan"] == "dense+dense+dense+dense > winograd4"
+    assert rows[(cases[1], "eval", "ours")]["plan"] == "gemm+gemm+gemm+gemm > winograd4"
 
     table = (tmp_path / "benchmark.md").read_text()
     assert "| head 16x16 b2 | eval | ours |" in table and "| V3+ head 16x16 b2 | train | ours |" in table

@@ -24,6 +24,7 @@ def problem(height=64, width=128, rate=12, batch=1, grad=False, device="cpu", de
 
 
 BOTTLENECK = dict(rate=1, padding=(1, 1))
+POINTWISE = dict(kernel_size=1, rows=(0, 1), cols=(0, 1), rate=1, padding=(0, 0))
 
 
 @pytest.mark.parametrize("case, expected", [
@@ -35,7 +36,9 @@ BOTTLENECK = dict(rate=1, padding=(1, 1))
     (dict(height=16, width=16, batch=2, rate=6), "gemm"),  # 512 pixels: per-tap GEMMs
     (dict(height=16, width=16, batch=2, rate=6, grad=True), "skip"),
     (dict(height=97, width=97, rate=2, grad=True), "winograd"),
-    (dict(kernel_size=1, rows=(0, 1), cols=(0, 1), rate=1, padding=(0, 0)), "dense"),  # the 1x1 branch
+    (dict(POINTWISE, channels_last=True), "dense"),  # the 1x1 branch beside channels-last 3x3 branches
+    (dict(POINTWISE), "gemm"),  # on an NCHW input (DeepLabV3+): one GEMM reading it transposed
+    (dict(POINTWISE, grad=True), "dense"),
     (dict(rows=(1, 2), cols=(0, 3), padding=(0, 36), rate=36, height=32), "skip"),  # a 1x3 crop
     (BOTTLENECK, "winograd4"),  # 0.56 of F(2x2, 3x3)'s multiplications
     (dict(BOTTLENECK, grad=True), "winograd"),

@@ -538,6 +538,7 @@ def main(argv=None) -> None:
         torch.backends.cudnn.deterministic = args.deterministic
         if args.tf32 != "default":
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.tf32 == "on"
+    asked_auto = "auto" in args.reduced_precision
     args.reduced_precision = resolve_reduced_precision(args.reduced_precision, device)
     torch.manual_seed(0)
     name = device_name(device)
@@ -548,8 +549,8 @@ def main(argv=None) -> None:
             print(f"note: this {device.type} has no native {precision} arithmetic; its rows measure emulation, "
                   f"slower than fp32", flush=True)
     if not args.reduced_precision:
-        print(f"reduced precision: not timed (none native on this {device.type}; --reduced-precision bfloat16 "
-              f"times it anyway)", flush=True)
+        why = f"none native on this {device.type}" if asked_auto else "--reduced-precision none"
+        print(f"reduced precision: not timed ({why}; --reduced-precision bfloat16 times it anyway)", flush=True)
     peak = {p: gemm_peak_gflops(device, getattr(torch, p)) for p in ["float32", *args.reduced_precision]}
     peak["fp32"] = peak.pop("float32")
     print("GEMM peak: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items()), flush=True)

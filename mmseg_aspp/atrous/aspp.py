@@ -118,17 +118,29 @@ def plan(x: Tensor, branches: Sequence[nn.Module], rates: Sequence[int], bottlen
     mode = resolve_mode(mode, x.device)
     branch_channels = sum(_planned_conv(b).conv.out_channels for b in branches)
     problems, last = conv_problems(x, branches, rates, branch_channels, bottleneck.conv.out_channels)
+    # The spatial kernels' algorithms decide the layout of the shared input (_branch_input); the
+    # 1x1 ones (a separable branch's pointwise part is fed in the same layout) then choose.
+    channels_last = _reads_channels_last([(p, choose(p, mode)) for p in problems if p.kernel != (1, 1)])
+    problems = [p if p.kernel != (1, 1) else p._replace(channels_last=channels_last) for p in problems]
     return [(p, choose(p, mode)) for p in problems], (last, choose(last, mode))
 
 
-def _branch_input(x: Tensor, algorithms: Sequence[Algorithm]) -> Tensor:
+def _reads_channels_last(branch_plan: Sequence[tuple[ConvProblem, Algorithm]]) -> bool:
+    """Whether the branches' shared input is made channels-last: in inference, when a spatial
+    (not 1x1) kernel's algorithm reads that layout fastest."""
+    return not torch.is_grad_enabled() and any(
+        p.kernel != (1, 1) and a.input_layout == "channels_last" for p, a in branch_plan)
+
+
+def _branch_input(x: Tensor, branch_plan: Sequence[tuple[ConvProblem, Algorithm]]) -> Tensor:
     """``x`` in the compute dtype, laid out for the branch convolutions.
 
-    In inference it is converted to channels-last in the same pass when a branch reads that
-    layout fastest. With autograd the caller's layout is kept: the input is saved for backward.
+    In inference it is converted to channels-last in the same pass when a spatial kernel's
+    algorithm reads that layout fastest. With autograd the caller's layout is kept: the input is saved for
+    backward.
     """
     dtype = _compute_dtype(x)
-    if torch.is_grad_enabled() or all(a.input_layout != "channels_last" for a in algorithms):
+    if not _reads_channels_last(branch_plan):
         return x.to(dtype)
     if x.device.type != "cpu" or x.dtype != dtype or not x.is_contiguous():
         return x.to(dtype, memory_format=torch.channels_last)
@@ -151,7 +163,7 @@ def _depthwise(layer: nn.Module, x: Tensor, rate: int) -> Tensor:
 def _branch_convs(x: Tensor, branches: Sequence[nn.Module], rates: Sequence[int], branch_plan) -> list[Tensor]:
     """Each branch's planned convolution (after a separable branch's depthwise part), from one
     shared copy of ``x`` (freed on return)."""
-    x_in = _branch_input(x, [algorithm for _, algorithm in branch_plan])
+    x_in = _branch_input(x, branch_plan)
     outs = []
     for branch, rate, (problem, algorithm) in zip(branches, rates, branch_plan):
         source = _depthwise(branch.depthwise_conv, x_in, rate) if hasattr(branch, "depthwise_conv") else x_in

@@ -29,6 +29,7 @@ class ConvProblem(NamedTuple):
     device: str  # "cpu", "cuda", ...
     grad: bool  # autograd records the call (training)
     deterministic: bool  # torch.use_deterministic_algorithms or cudnn.deterministic
+    channels_last: bool = False  # a (cropped) 1x1 kernel's input arrives channels-last (it is read as it comes)
 
     @property
     def kernel(self) -> tuple[int, int]:
