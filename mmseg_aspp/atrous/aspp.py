@@ -205,6 +205,19 @@ def aspp_features(
 
     weight = bottleneck.conv.weight
     n_pool = pooled.shape[1]
-    out = last_algorithm.run(normalised(), weight, slice(n_pool, None), last)
-    out = out + _pool_bottleneck_term(weight[:, :n_pool], pooled, height, width)
+    if last.grad and last_algorithm.name == "dense":
+        # A plain convolution trains the bottleneck where weight gradients outweigh the map
+        # (small maps; cuDNN): with the image-pool map broadcast into its input, as in mmseg,
+        # one convolution yields the whole weight gradient, and no copy of it is assembled.
+        pool_map = pooled[:, :, None, None].expand(-1, -1, height, width)
+        everything = last._replace(in_channels=weight.shape[1])
+        return _norm_act(bottleneck, last_algorithm.run([pool_map, *normalised()], weight, slice(None), everything))
+    branch_weight, branch_channels, pool_weight = weight, slice(n_pool, None), weight[:, :n_pool]
+    if last.grad:
+        # One split: autograd joins the two parts' gradients with one concatenation, where two
+        # slices would each fill a zero gradient of the whole weight and then add them.
+        pool_weight, branch_weight = weight.split([n_pool, weight.shape[1] - n_pool], dim=1)
+        branch_channels = slice(None)
+    out = last_algorithm.run(normalised(), branch_weight, branch_channels, last)
+    out = out + _pool_bottleneck_term(pool_weight, pooled, height, width)
     return _norm_act(bottleneck, out)
