@@ -2,19 +2,67 @@
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 from ..weights import prepared_weight
 from ..winograd import (F2, F4, winograd_atrous_conv3x3, winograd_atrous_conv3x3_graph,
                         winograd_atrous_conv3x3_trainable, winograd_conv3x3, winograd_input)
 from .base import Algorithm, concatenated
 
+_TRANSFORMS = {2: F2, 4: F4}
+
+
+@torch.library.custom_op("mmseg_aspp::winograd_inference", mutates_args=())
+def winograd_inference(pieces: list[Tensor], weight: Tensor, first_channel: int, rate: int, m: int,
+                       dtype: torch.dtype) -> Tensor:
+    """The chunked inference convolution of the channel concatenation of ``pieces``.
+
+    An opaque operator to ``torch.compile``, which runs it as it runs eagerly, with the
+    transformed kernel kept between calls (traced into whole-tensor ops, and transforming
+    the kernel on every call, it was slower than the direct convolution it replaces).
+
+    Args:
+        pieces: Channel pieces of the input, each (N, C_i, H, W), any layout.
+        weight: The (O, C, 3, 3) parameter; its channels from ``first_channel`` on are convolved.
+        rate: Dilation (and padding).
+        m: Output tile width (2 or 4).
+        dtype: Compute dtype (the pieces are cast as they are read).
+
+    Returns:
+        (N, C_out, H, W), channels-last.
+    """
+    transform = _TRANSFORMS[m]
+    layout = "winograd4" if m == 4 else "winograd"
+    kernel = prepared_weight(weight, (slice(None), slice(first_channel, None)), layout, dtype)
+    if rate > 1:
+        hwc = concatenated(pieces).to(dtype).permute(0, 2, 3, 1)
+        out = winograd_atrous_conv3x3(hwc, kernel, rate, transform).permute(0, 3, 1, 2)
+    else:
+        # The pieces are written straight into the zero-bordered input: no concatenation.
+        batch, _, height, width = pieces[0].shape
+        channels = sum(piece.shape[1] for piece in pieces)
+        buffer, interior = winograd_input(batch, channels, height, width, kernel, transform)
+        start = 0
+        for piece in pieces:
+            interior[:, start : start + piece.shape[1]] = piece
+            start += piece.shape[1]
+        out = winograd_conv3x3(buffer, kernel, height, width, transform)
+    return out.contiguous(memory_format=torch.channels_last)
+
+
+@winograd_inference.register_fake
+def _(pieces, weight, first_channel, rate, m, dtype):
+    batch, _, height, width = pieces[0].shape
+    out = pieces[0].new_empty(batch, weight.shape[0], height, width, dtype=dtype)
+    return out.contiguous(memory_format=torch.channels_last)
+
 
 class Winograd(Algorithm):
     """A rate-r 3x3 filter only combines pixels of one phase (y mod r, x mod r), on which it is a
     plain 3x3; each phase runs as F(2x2, 3x3). In inference at rate 1 (the bottleneck) the
-    channel pieces are written straight into the zero-bordered input and freed, so no
-    concatenation is built. With autograd the input gradient runs the same way and the weight
-    gradient as one GEMM per tap; autograd keeps only the input, never the transformed tiles."""
+    channel pieces are written straight into the zero-bordered input, so no concatenation is
+    built. With autograd the input gradient runs the same way and the weight gradient as one
+    GEMM per tap; autograd keeps only the input, never the transformed tiles."""
 
     name = "winograd"
     input_layout = "channels_last"
@@ -29,25 +77,15 @@ class Winograd(Algorithm):
         return problem.kernel == (3, 3) and not reduced_training
 
     def run(self, inputs, weight, channels, problem):
-        if problem.grad and not torch.compiler.is_compiling():
-            x = concatenated(inputs)
-            return winograd_atrous_conv3x3_trainable(x, weight[:, channels], problem.rate)
-        if torch.compiler.is_compiling() or problem.rate > 1:
-            x = concatenated(inputs)
+        if not problem.grad:
+            first_channel = channels.indices(weight.shape[1])[0]
+            return winograd_inference(list(inputs), weight, first_channel, problem.rate, self.transform.m,
+                                      problem.torch_dtype)
+        x = concatenated(inputs)
+        if torch.compiler.is_compiling():
             kernel = prepared_weight(weight, (slice(None), channels), self.name, x.dtype)
-            if torch.compiler.is_compiling():
-                return winograd_atrous_conv3x3_graph(x, kernel, problem.rate, self.transform)
-            hwc = x.permute(0, 2, 3, 1)
-            return winograd_atrous_conv3x3(hwc, kernel, problem.rate, self.transform).permute(0, 3, 1, 2)
-        like = weight.new_empty(0, dtype=problem.torch_dtype)
-        buffer, interior = winograd_input(problem.batch, problem.in_channels, problem.height, problem.width, like,
-                                          self.transform)
-        start = 0
-        for piece in inputs:
-            interior[:, start : start + piece.shape[1]] = piece
-            start += piece.shape[1]
-        kernel = prepared_weight(weight, (slice(None), channels), self.name, buffer.dtype)
-        return winograd_conv3x3(buffer, kernel, problem.height, problem.width, self.transform)
+            return winograd_atrous_conv3x3_graph(x, kernel, problem.rate, self.transform)
+        return winograd_atrous_conv3x3_trainable(x, weight[:, channels], problem.rate)
 
 
 class Winograd4(Winograd):
