@@ -11,7 +11,7 @@ Every step is exact (same parameters, same function up to float rounding):
   normalised branches, fed to it one at a time) runs with the algorithm the
   planner picks for its shape and device (``planner.py``, ``algorithms/``):
   the plain convolution, channels-last tap skipping, per-tap GEMMs or
-  Winograd F(2x2, 3x3); in inference the branches share one copy of the input
+  Winograd F(2x2, 3x3) or F(4x4, 3x3); in inference the branches share one copy of the input
   in the layout they read, made in the same pass as the cast to the compute dtype.
 
 When the forward is captured as a graph (ONNX export, ``torch.jit.trace``,
@@ -136,8 +136,8 @@ def _branch_input(x: Tensor, branch_plan: Sequence[tuple[ConvProblem, Algorithm]
     """``x`` in the compute dtype, laid out for the branch convolutions.
 
     In inference it is converted to channels-last in the same pass when a spatial kernel's
-    algorithm reads that layout fastest. With autograd the caller's layout is kept: the input is saved for
-    backward.
+    algorithm reads that layout fastest. With autograd the caller's layout is kept: the input
+    is saved for backward.
     """
     dtype = _compute_dtype(x)
     if not _reads_channels_last(branch_plan):
@@ -210,8 +210,8 @@ def aspp_features(
         # (small maps; cuDNN): with the image-pool map broadcast into its input, as in mmseg,
         # one convolution yields the whole weight gradient, and no copy of it is assembled.
         pool_map = pooled[:, :, None, None].expand(-1, -1, height, width)
-        everything = last._replace(in_channels=weight.shape[1])
-        return _norm_act(bottleneck, last_algorithm.run([pool_map, *normalised()], weight, slice(None), everything))
+        with_pool = last._replace(in_channels=weight.shape[1])
+        return _norm_act(bottleneck, last_algorithm.run([pool_map, *normalised()], weight, slice(None), with_pool))
     branch_weight, branch_channels, pool_weight = weight, slice(n_pool, None), weight[:, :n_pool]
     if last.grad:
         # One split: autograd joins the two parts' gradients with one concatenation, where two

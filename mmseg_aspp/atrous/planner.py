@@ -18,7 +18,8 @@ Modes (the head's ``plan`` argument):
   Measured plans depend on timing noise and so on rounding; CPU runs stay reproducible.
 
 Under ``torch.compile`` the heuristic runs (timing needs eager calls); every algorithm
-compiles without graph breaks (Winograd in a whole-tensor form).
+compiles without graph breaks (Winograd inference as one opaque operator, its training in a
+whole-tensor form).
 """
 from __future__ import annotations
 

@@ -76,18 +76,23 @@ def toom_cook(points: Sequence[Fraction]) -> TileTransform:
             product *= points[j] - other
         return product
 
+    def as_floats(rows) -> Matrix:
+        return tuple(tuple(float(v) for v in row) for row in rows)
+
     output = [[p**i for p in points] + [int(i == m - 1)] for i in range(m)]
     kernel = [[p**k / denominator(j) for k in range(3)] for j, p in enumerate(points)] + [[0, 0, 1]]
     inputs = [polynomial(points[:j] + points[j + 1 :]) for j in range(len(points))] + [polynomial(points)]
-    as_floats = lambda rows: tuple(tuple(float(v) for v in row) for row in rows)  # noqa: E731
     return TileTransform(m, as_floats(inputs), as_floats(kernel), as_floats(output))
 
 
-# Lavin and Gray's F(2, 3) (the points 0, 1, -1 with their signs and summation order, which
-# earlier results were measured with).
-F2 = TileTransform(2, input=((1.0, 0.0, -1.0, 0.0), (0.0, 1.0, 1.0, 0.0), (0.0, -1.0, 1.0, 0.0), (0.0, 1.0, 0.0, -1.0)),
-                   kernel=((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0)),
-                   output=((1.0, 1.0, 1.0, 0.0), (0.0, 1.0, -1.0, -1.0)))
+# Lavin and Gray's F(2, 3): the points 0, 1, -1, with the row signs (and so the summation
+# order) that every earlier F(2x2, 3x3) result was measured with.
+F2 = TileTransform(
+    2,
+    input=((1.0, 0.0, -1.0, 0.0), (0.0, 1.0, 1.0, 0.0), (0.0, -1.0, 1.0, 0.0), (0.0, 1.0, 0.0, -1.0)),
+    kernel=((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0)),
+    output=((1.0, 1.0, 1.0, 0.0), (0.0, 1.0, -1.0, -1.0)),
+)
 # The points 2 and -1/2 (rather than +-2 or +-1/2) round the least: 1.5e-6 against 2.3e-6
 # relative error in fp32 at 2560 -> 512 channels, direct convolution 2.7e-7.
 F4 = toom_cook([Fraction(0), Fraction(1), Fraction(-1), Fraction(2), Fraction(-1, 2)])
@@ -271,7 +276,8 @@ def _phase_passes(x: Tensor, rate: int, transform: TileTransform, others: Sequen
             src = _phase_view(x, rows, cols, rate)
             row_phases, col_phases, height, width = src.shape[1:5]
             # Row phases per pass: as many as keep the zero-bordered maps within CHUNK_BYTES.
-            map_bytes = _padded_length(height, transform.m) * _padded_length(width, transform.m) * channels * x.element_size()
+            map_elements = _padded_length(height, transform.m) * _padded_length(width, transform.m) * channels
+            map_bytes = map_elements * x.element_size()
             step = max(1, CHUNK_BYTES // (batch * col_phases * map_bytes))
             for a in range(0, row_phases, step):
                 taken = min(step, row_phases - a)
