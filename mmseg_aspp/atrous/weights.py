@@ -17,12 +17,12 @@ from torch.utils.weak import WeakIdKeyDictionary
 from .winograd import F2, F4, winograd_kernel
 
 _cache: WeakIdKeyDictionary = WeakIdKeyDictionary()
-_WINOGRAD_LAYOUTS = {"winograd": F2, "winograd4": F4}
+WINOGRAD_LAYOUTS = {"winograd": F2, "winograd4": F4}  # layout name -> tile transform
 
 
 def _layout(view: Tensor, layout: str) -> Tensor:
-    if layout in _WINOGRAD_LAYOUTS:  # (O, C, 3, 3) -> (n^2, C, O), transformed in float32 or wider
-        return winograd_kernel(view, _WINOGRAD_LAYOUTS[layout])
+    if layout in WINOGRAD_LAYOUTS:  # (O, C, 3, 3) -> (n^2, C, O), transformed in float32 or wider
+        return winograd_kernel(view, WINOGRAD_LAYOUTS[layout])
     if layout == "taps":  # (O, C, kh, kw) -> (kh * kw, C, O) for per-tap GEMMs
         out_ch, in_ch = view.shape[:2]
         return view.permute(2, 3, 1, 0).reshape(-1, in_ch, out_ch).contiguous()

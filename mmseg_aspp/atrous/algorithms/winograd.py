@@ -4,16 +4,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..weights import prepared_weight
-from ..winograd import (F2, F4, winograd_atrous_conv3x3, winograd_atrous_conv3x3_graph,
-                        winograd_atrous_conv3x3_trainable, winograd_conv3x3, winograd_input)
+from ..weights import WINOGRAD_LAYOUTS, prepared_weight
+from ..winograd import (winograd_atrous_conv3x3, winograd_atrous_conv3x3_graph, winograd_atrous_conv3x3_trainable,
+                        winograd_conv3x3, winograd_input)
 from .base import Algorithm, concatenated
-
-_TRANSFORMS = {2: F2, 4: F4}
 
 
 @torch.library.custom_op("mmseg_aspp::winograd_inference", mutates_args=())
-def winograd_inference(pieces: list[Tensor], weight: Tensor, first_channel: int, rate: int, m: int,
+def winograd_inference(pieces: list[Tensor], weight: Tensor, first_channel: int, rate: int, layout: str,
                        dtype: torch.dtype) -> Tensor:
     """The chunked inference convolution of the channel concatenation of ``pieces``.
 
@@ -25,14 +23,13 @@ def winograd_inference(pieces: list[Tensor], weight: Tensor, first_channel: int,
         pieces: Channel pieces of the input, each (N, C_i, H, W), any layout.
         weight: The (O, C, 3, 3) parameter; its channels from ``first_channel`` on are convolved.
         rate: Dilation (and padding).
-        m: Output tile width (2 or 4).
+        layout: ``"winograd"`` for F(2x2, 3x3), ``"winograd4"`` for F(4x4, 3x3).
         dtype: Compute dtype (the pieces are cast as they are read).
 
     Returns:
         (N, C_out, H, W), channels-last.
     """
-    transform = _TRANSFORMS[m]
-    layout = "winograd4" if m == 4 else "winograd"
+    transform = WINOGRAD_LAYOUTS[layout]
     kernel = prepared_weight(weight, (slice(None), slice(first_channel, None)), layout, dtype)
     if rate > 1:
         hwc = concatenated(pieces).to(dtype).permute(0, 2, 3, 1)
@@ -51,7 +48,7 @@ def winograd_inference(pieces: list[Tensor], weight: Tensor, first_channel: int,
 
 
 @winograd_inference.register_fake
-def _(pieces, weight, first_channel, rate, m, dtype):
+def _(pieces, weight, first_channel, rate, layout, dtype):
     batch, _, height, width = pieces[0].shape
     out = pieces[0].new_empty(batch, weight.shape[0], height, width, dtype=dtype)
     return out.contiguous(memory_format=torch.channels_last)
@@ -61,12 +58,11 @@ class Winograd(Algorithm):
     """A rate-r 3x3 filter only combines pixels of one phase (y mod r, x mod r), on which it is a
     plain 3x3; each phase runs as F(2x2, 3x3). In inference at rate 1 (the bottleneck) the
     channel pieces are written straight into the zero-bordered input, so no concatenation is
-    built. With autograd the input gradient runs the same way and the weight gradient as one
-    GEMM per tap; autograd keeps only the input, never the transformed tiles."""
+    built. With autograd the input gradient runs the same way and the weight gradient as its
+    adjoint; autograd keeps only the input, never the transformed tiles."""
 
     name = "winograd"
     input_layout = "channels_last"
-    transform = F2
 
     def supports(self, problem):
         # Its transforms add and subtract values of similar size: in bf16 the forward's error is
@@ -79,12 +75,12 @@ class Winograd(Algorithm):
     def run(self, inputs, weight, channels, problem):
         if not problem.grad:
             first_channel = channels.indices(weight.shape[1])[0]
-            return winograd_inference(list(inputs), weight, first_channel, problem.rate, self.transform.m,
+            return winograd_inference(list(inputs), weight, first_channel, problem.rate, self.name,
                                       problem.torch_dtype)
         x = concatenated(inputs)
         if torch.compiler.is_compiling():
             kernel = prepared_weight(weight, (slice(None), channels), self.name, x.dtype)
-            return winograd_atrous_conv3x3_graph(x, kernel, problem.rate, self.transform)
+            return winograd_atrous_conv3x3_graph(x, kernel, problem.rate, WINOGRAD_LAYOUTS[self.name])
         return winograd_atrous_conv3x3_trainable(x, weight[:, channels], problem.rate)
 
 
@@ -95,7 +91,6 @@ class Winograd4(Winograd):
     inference; training and reduced precision keep F(2x2, 3x3)."""
 
     name = "winograd4"
-    transform = F4
 
     def supports(self, problem):
         return problem.kernel == (3, 3) and not problem.grad and problem.dtype in ("float32", "float64")
