@@ -1,6 +1,9 @@
 """Winograd's F(2x2, 3x3) and F(4x4, 3x3) on each phase of the map: 2.25x and 4x fewer multiplications."""
 from __future__ import annotations
 
+from itertools import chain
+from typing import Iterable
+
 import torch
 from torch import Tensor
 
@@ -10,41 +13,49 @@ from ..winograd import (winograd_atrous_conv3x3, winograd_atrous_conv3x3_graph, 
 from .base import Algorithm, concatenated
 
 
-@torch.library.custom_op("mmseg_aspp::winograd_inference", mutates_args=())
-def winograd_inference(pieces: list[Tensor], weight: Tensor, first_channel: int, rate: int, layout: str,
-                       dtype: torch.dtype) -> Tensor:
+def _winograd_inference(pieces: Iterable[Tensor], weight: Tensor, first_channel: int, rate: int, layout: str,
+                        dtype: torch.dtype) -> Tensor:
     """The chunked inference convolution of the channel concatenation of ``pieces``.
 
-    An opaque operator to ``torch.compile``, which runs it as it runs eagerly, with the
-    transformed kernel kept between calls (traced into whole-tensor ops, and transforming
-    the kernel on every call, it was slower than the direct convolution it replaces).
-
     Args:
-        pieces: Channel pieces of the input, each (N, C_i, H, W), any layout.
+        pieces: Channel pieces of the input, each (N, C_i, H, W), any layout. At rate 1 they
+            are written into the zero-bordered input one at a time (no concatenation), so an
+            iterator's pieces can be freed as they are used.
         weight: The (O, C, 3, 3) parameter; its channels from ``first_channel`` on are convolved.
         rate: Dilation (and padding).
         layout: ``"winograd"`` for F(2x2, 3x3), ``"winograd4"`` for F(4x4, 3x3).
         dtype: Compute dtype (the pieces are cast as they are read).
 
     Returns:
-        (N, C_out, H, W), channels-last.
+        (N, C_out, H, W), channels-last strides (a view into the output tiles).
     """
     transform = WINOGRAD_LAYOUTS[layout]
     kernel = prepared_weight(weight, (slice(None), slice(first_channel, None)), layout, dtype)
     if rate > 1:
         hwc = concatenated(pieces).to(dtype).permute(0, 2, 3, 1)
-        out = winograd_atrous_conv3x3(hwc, kernel, rate, transform).permute(0, 3, 1, 2)
-    else:
-        # The pieces are written straight into the zero-bordered input: no concatenation.
-        batch, _, height, width = pieces[0].shape
-        channels = sum(piece.shape[1] for piece in pieces)
-        buffer, interior = winograd_input(batch, channels, height, width, kernel, transform)
-        start = 0
-        for piece in pieces:
-            interior[:, start : start + piece.shape[1]] = piece
-            start += piece.shape[1]
-        out = winograd_conv3x3(buffer, kernel, height, width, transform)
-    return out.contiguous(memory_format=torch.channels_last)
+        return winograd_atrous_conv3x3(hwc, kernel, rate, transform).permute(0, 3, 1, 2)
+    pieces = iter(pieces)
+    first = next(pieces)
+    batch, _, height, width = first.shape
+    buffer, interior = winograd_input(batch, weight.shape[1] - first_channel, height, width, kernel, transform)
+    pieces = chain([first], pieces)
+    del first  # only the piece being written is kept
+    start = 0
+    for piece in pieces:
+        interior[:, start : start + piece.shape[1]] = piece
+        start += piece.shape[1]
+    return winograd_conv3x3(buffer, kernel, height, width, transform)
+
+
+@torch.library.custom_op("mmseg_aspp::winograd_inference", mutates_args=())
+def winograd_inference(pieces: list[Tensor], weight: Tensor, first_channel: int, rate: int, layout: str,
+                       dtype: torch.dtype) -> Tensor:
+    """``_winograd_inference`` as an operator opaque to ``torch.compile``, which then runs the
+    chunked kernels as eager code does and keeps the transformed kernel between calls (traced
+    into whole-tensor ops, and transforming the kernel on every call, it was slower than the
+    direct convolution it replaces)."""
+    out = _winograd_inference(pieces, weight, first_channel, rate, layout, dtype)
+    return out.contiguous(memory_format=torch.channels_last)  # the strides the fake promises
 
 
 @winograd_inference.register_fake
@@ -74,9 +85,10 @@ class Winograd(Algorithm):
 
     def run(self, inputs, weight, channels, problem):
         if not problem.grad:
-            first_channel = channels.indices(weight.shape[1])[0]
-            return winograd_inference(list(inputs), weight, first_channel, problem.rate, self.name,
-                                      problem.torch_dtype)
+            args = (weight, channels.indices(weight.shape[1])[0], problem.rate, self.name, problem.torch_dtype)
+            if torch.compiler.is_compiling():
+                return winograd_inference(list(inputs), *args)
+            return _winograd_inference(inputs, *args)
         x = concatenated(inputs)
         if torch.compiler.is_compiling():
             kernel = prepared_weight(weight, (slice(None), channels), self.name, x.dtype)
