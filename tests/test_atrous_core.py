@@ -2,8 +2,9 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from helpers import relative_error
+from float_error import perturbed_at_fp32_rounding, relative_error
 from mmseg_aspp.atrous import effective_kernel, valid_tap_fraction
 from mmseg_aspp.atrous.conv import atrous_convs
 from mmseg_aspp.atrous.geometry import phase_groups, tap_span
@@ -147,15 +148,18 @@ def test_winograd_conv3x3_bf16_error_is_close_to_direct_bf16():
 
 def test_winograd_4x4_fp32_error_stays_within_a_few_direct_convolutions():
     """F(4x4, 3x3)'s larger transform coefficients round more than F(2x2, 3x3); the chosen
-    interpolation points keep it within a small factor of a direct fp32 convolution."""
+    interpolation points keep it near a direct fp32 convolution. The yardstick is how far the
+    float64 result moves under a 2**-24 perturbation of input and weight (8.7e-8 here), which no
+    CPU's summation order changes: oneDNN's direct convolution lands 2x (AVX-512) to 7x (AVX2)
+    that far off, F(2x2, 3x3) 5x, F(4x4, 3x3) 20x."""
     gen = torch.Generator().manual_seed(4)
     x = torch.randn(1, 256, 24, 32, generator=gen).relu()
     weight = torch.randn(32, 256, 3, 3, generator=gen) * 0.05
     ref = F.conv2d(x.double(), weight.double(), padding=1)
-    direct = F.conv2d(x, weight, padding=1)
-    ours = _winograd(x, winograd_kernel(weight, F4), F4)
-    ratio = relative_error(ours, ref) / relative_error(direct, ref)
-    assert ratio <= 10, ratio
+    _, (x_jittered, weight_jittered) = perturbed_at_fp32_rounding(nn.Identity(), [x.double(), weight.double()])
+    conditioning = relative_error(F.conv2d(x_jittered, weight_jittered, padding=1), ref)
+    ratio = relative_error(_winograd(x, winograd_kernel(weight, F4), F4), ref) / conditioning
+    assert ratio <= 40, ratio
 
 
 # Forward, input gradient and Winograd weight gradient against conv2d in float64: plain and

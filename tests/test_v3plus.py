@@ -1,13 +1,12 @@
 """DeepLabV3+: our DepthwiseSeparableASPPHead against mmseg's, on identical weights and inputs."""
-import copy
 
 import pytest
 import torch
 from mmengine.config import Config
 from mmseg.registry import MODELS
 
-from helpers import (assert_float64_equal, assert_fp32_as_close_as_upstream, head_cfg, head_step,
-                     perturbed_at_fp32_rounding, randomize_, twin_heads)
+from float_error import assert_fp32_as_exact_as_mmseg
+from helpers import assert_float64_equal, head_cfg, head_step, randomize_, twin_heads
 from mmseg_aspp.atrous.algorithms import ALGORITHMS
 from mmseg_aspp.atrous.aspp import plan
 from mmseg_aspp.atrous.planner import forced_algorithm
@@ -70,13 +69,7 @@ def test_fp32_as_exact_as_mmseg(shape, decoder, train):
     if train and shape[0] == 1:
         pytest.skip("BatchNorm of the image-pool branch needs 2 images to train")
     ours, upstream = _twins(decoder, (1, 12, 24, 36), dropout_ratio=0.0)
-    reference = copy.deepcopy(upstream).double()
-    inputs = _inputs(*shape)
-    inputs64 = [x.double() for x in inputs]
-    assert_fp32_as_close_as_upstream(
-        head_step(ours, inputs, train), head_step(upstream, inputs, train),
-        head_step(copy.deepcopy(reference), inputs64, train),
-        head_step(*perturbed_at_fp32_rounding(reference, inputs64), train))
+    assert_fp32_as_exact_as_mmseg(ours, upstream, _inputs(*shape), lambda head, x: head_step(head, x, train))
 
 
 @pytest.mark.parametrize("decoder", DECODERS)
