@@ -24,6 +24,16 @@ def _seeded():
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def planned_as_wide(monkeypatch):
+    """Narrow test heads planned as the real 2048 -> 512 head is: only Winograd's width rule
+    looks at channel counts, and it is lifted."""
+    from mmseg_aspp.atrous import planner
+
+    monkeypatch.setattr(planner, "WINOGRAD_MIN_WIDTH", 0)
+    monkeypatch.setattr(planner, "WINOGRAD_TRAIN_MIN_WIDTH", 0)
+
+
 @pytest.fixture(scope="session")
 def data_root(tmp_path_factory):
     from tooling import make_data_root

@@ -6,10 +6,10 @@ from torch import nn
 
 from float_error import perturbed_at_fp32_rounding, relative_error
 from mmseg_aspp.atrous import effective_kernel, valid_tap_fraction
-from mmseg_aspp.atrous.conv import atrous_convs
+from mmseg_aspp.atrous.kernels.tap_skipping import atrous_convs
 from mmseg_aspp.atrous.geometry import phase_groups, tap_span
-from mmseg_aspp.atrous import winograd
-from mmseg_aspp.atrous.winograd import F2, F4, winograd_conv3x3, winograd_input, winograd_kernel
+from mmseg_aspp.atrous.kernels import winograd
+from mmseg_aspp.atrous.kernels.winograd import F2, F4, winograd_conv3x3, winograd_input, winograd_kernel
 
 pytestmark = pytest.mark.stack_independent  # pure torch: the core's convolutions
 

@@ -17,13 +17,15 @@ BENCHMARK_HEAD = dict(dilations=(1, 12, 24, 36), in_channels=32, channels=16, nu
 
 
 def problem(height=64, width=128, rate=12, batch=1, grad=False, device="cpu", deterministic=False, **kw):
-    fields = dict(batch=batch, in_channels=32, out_channels=16, height=height, width=width, kernel_size=3,
+    """A convolution of the real DeepLabV3 head (2048 -> 512 channels) unless ``kw`` says otherwise."""
+    fields = dict(batch=batch, in_channels=2048, out_channels=512, height=height, width=width, kernel_size=3,
                   rows=(0, 3), cols=(0, 3), padding=(rate, rate), rate=rate, dtype="float32", device=device,
                   grad=grad, deterministic=deterministic)
     return ConvProblem(**{**fields, **kw})
 
 
 BOTTLENECK = dict(rate=1, padding=(1, 1))
+LAYER3 = dict(in_channels=256, out_channels=256, padding=(2, 2), channels_last=True)
 POINTWISE = dict(kernel_size=1, rows=(0, 1), cols=(0, 1), rate=1, padding=(0, 0))
 
 
@@ -48,6 +50,16 @@ POINTWISE = dict(kernel_size=1, rows=(0, 1), cols=(0, 1), rate=1, padding=(0, 0)
     (dict(grad=True, dtype="bfloat16"), "skip"),  # bf16 training: Winograd's rounding is too coarse
     (dict(BOTTLENECK, grad=True, dtype="bfloat16"), "dense"),
     (dict(BOTTLENECK, dtype="bfloat16"), "winograd"),  # bf16 inference keeps F(2x2) (error <= 4x direct)
+    # A ResNet-D8 backbone's convolutions, on channels-last maps as its layers pass them on.
+    (dict(LAYER3, rate=2), "winograd4"),  # layer3's 3x3 at rate 2
+    (dict(LAYER3, rate=1, padding=(1, 1)), "winograd4"),  # its first block (contracted dilation)
+    (dict(LAYER3, rate=2, grad=True, channels_last=False), "dense"),  # 256 channels train as fast dense
+    (dict(LAYER3, rate=2, in_channels=128, out_channels=128), "skip"),  # too narrow for Winograd
+    (dict(LAYER3, rate=1, padding=(1, 1), in_channels=64, out_channels=64, height=128, width=256), "skip"),
+    (dict(POINTWISE, channels_last=True, in_channels=1024, out_channels=256), "dense"),
+    (dict(LAYER3, rate=1, padding=(1, 1), stride=2), "dense"),  # strided: dense only
+    (dict(LAYER3, rate=1, padding=(1, 1), groups=2), "dense"),
+    (dict(LAYER3, rate=2, padding=(0, 0)), "dense"),  # a 3x3 that shrinks the map
 ])
 def test_cpu_rules(case, expected):
     assert planner.choose(problem(**case), "heuristic").name == expected
@@ -177,7 +189,7 @@ def test_gpu_plan_issues_few_ops_whatever_the_map_size(monkeypatch):
 
 
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
-def test_compiles_to_one_graph_as_exact_as_mmseg(train):
+def test_compiles_to_one_graph_as_exact_as_mmseg(train, planned_as_wide):
     """Under torch.compile the forward is one graph (eval and train), and its logits, loss and
     gradients are as close to mmseg's float64 result as mmseg's own fp32 ones (see float_error)."""
     ours, upstream = twin_heads(**BENCHMARK_HEAD, dropout_ratio=0.0)

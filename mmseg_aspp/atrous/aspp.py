@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .algorithms import Algorithm, ConvProblem
+from .algorithms.base import compute_dtype
 from .geometry import effective_kernel
 from .planner import choose, deterministic_requested, resolve_mode
 from .reference import aspp_features_reference, is_capturing
@@ -75,14 +76,6 @@ def _pool_bottleneck_term(weight: Tensor, pooled: Tensor, height: int, width: in
     return torch.einsum("nokl,ky,lx->noyx", per_tap, row_mask, col_mask)
 
 
-def _compute_dtype(x: Tensor) -> torch.dtype:
-    """The dtype autocast would run convolutions in (``x.dtype`` without autocast)."""
-    device = x.device.type
-    if torch.is_autocast_enabled(device):
-        return torch.get_autocast_dtype(device)
-    return x.dtype
-
-
 def _planned_conv(branch: nn.Module) -> nn.Module:
     """The ConvModule of a branch whose convolution the planner handles: the branch itself, or
     the pointwise part of a depthwise-separable branch (DeepLabV3+)."""
@@ -95,7 +88,7 @@ def conv_problems(x: Tensor, branches: Sequence[nn.Module], rates: Sequence[int]
     the map; 1x1 for a separable branch's pointwise part) and the bottleneck's over the
     concatenated branches."""
     batch, _, height, width = x.shape
-    common = dict(batch=batch, height=height, width=width, dtype=str(_compute_dtype(x)).removeprefix("torch."),
+    common = dict(batch=batch, height=height, width=width, dtype=str(compute_dtype(x)).removeprefix("torch."),
                   device=x.device.type, grad=torch.is_grad_enabled(), deterministic=deterministic_requested())
     problems = []
     for branch, rate in zip(branches, rates):
@@ -139,7 +132,7 @@ def _branch_input(x: Tensor, branch_plan: Sequence[tuple[ConvProblem, Algorithm]
     algorithm reads that layout fastest. With autograd the caller's layout is kept: the input
     is saved for backward.
     """
-    dtype = _compute_dtype(x)
+    dtype = compute_dtype(x)
     if not _reads_channels_last(branch_plan):
         return x.to(dtype)
     if x.device.type != "cpu" or x.dtype != dtype or not x.is_contiguous():

@@ -57,6 +57,16 @@ WINOGRAD_BELOW = 0.8
 # 32x32, 16x16) 1.39x, 1.12x and 1.26x faster than F(2x2, 3x3); at 0.65 (128x256, rate 12)
 # 1.25x faster; at 0.79 (64x128, rate 12) 1.09x slower; at 1.0 (64x64, rate 12) 1.27x slower.
 WINOGRAD4_OVER_WINOGRAD = 0.7
+# Winograd's transforms cost per input and output channel, its savings per channel pair, so it
+# pays from a width C_in C_out / (C_in + C_out) on (``winograd_width``). In inference on a 2-core
+# AVX-512 Xeon (channels-last input, batch 1), F(4x4, 3x3) against oneDNN's channels-last
+# convolution: 256 -> 256 channels (width 128) at 64x128 21 against 29 ms, rate 1 or 2; 128 -> 128
+# (64) 8.2 against 7.5 ms; 64 -> 64 (32) at 128x256 15.5 against 7.2 ms.
+WINOGRAD_MIN_WIDTH = 100
+# In training F(2x2, 3x3) paid off for the ASPP bottleneck (2048 -> 512, width 410: 3.46 against
+# 4.62 s on the EPYC), not for a backbone's 512 -> 512 (256) or 256 -> 256 (batch 2, 64x64, on the
+# Xeon: 371 against 362 ms and 98 against 96 ms).
+WINOGRAD_TRAIN_MIN_WIDTH = 300
 
 _forced: str | None = None
 
@@ -99,9 +109,15 @@ def winograd_share(height: int, width: int, rate: int, m: int = 2) -> float:
     return (m + 2) ** 2 * tiles(height) * tiles(width) / valid
 
 
+def winograd_width(problem: ConvProblem) -> float:
+    """``C_in C_out / (C_in + C_out)``: how many multiplications Winograd saves per value it transforms."""
+    return problem.in_channels * problem.out_channels / (problem.in_channels + problem.out_channels)
+
+
 def _winograd_variants(problem: ConvProblem) -> tuple[str, ...]:
     """The Winograd algorithms worth trying for ``problem``, best first (none for a cropped kernel)."""
-    if problem.kernel != (3, 3):
+    min_width = WINOGRAD_TRAIN_MIN_WIDTH if problem.grad else WINOGRAD_MIN_WIDTH
+    if problem.kernel != (3, 3) or winograd_width(problem) < min_width:
         return ()
     share2, share4 = (winograd_share(problem.height, problem.width, problem.rate, m) for m in (2, 4))
     variants = []
@@ -124,13 +140,15 @@ def preferences(problem: ConvProblem) -> tuple[str, ...]:
         # 101, 77 ms channels-last) and its channels-last output feeds Winograd without a transpose.
         return ("dense",) if problem.grad or problem.channels_last else ("gemm", "dense")
     small = problem.batch * problem.height * problem.width <= GEMM_MAX_PIXELS
-    if problem.rate == 1:  # the bottleneck
+    if problem.rate == 1:  # the ASPP bottleneck, a backbone's undilated 3x3s
         # In training on a small map Winograd's transformed kernel and its gradient outweigh
         # the activations (V3+ at 16x16, batch 2: 307 MB against mmseg's 68) and its time.
-        return ("dense",) if small and problem.grad else (*_winograd_variants(problem), "dense")
+        direct = ("skip", "dense") if problem.channels_last and not problem.grad else ("dense",)
+        return direct if small and problem.grad else (*_winograd_variants(problem), *direct)
     height, width, rate = problem.height, problem.width, problem.rate
     nearly_full = valid_tap_fraction(height, rate) * valid_tap_fraction(width, rate) >= SKIP_TAPS_BELOW
-    direct = ("dense", "skip") if nearly_full else ("skip", "dense")
+    # A channels-last input is read as it comes (a backbone keeps that layout from layer to layer).
+    direct = ("dense", "skip") if nearly_full and not problem.channels_last else ("skip", "dense")
     if small:
         return direct if problem.grad else ("gemm", *direct)
     return (*_winograd_variants(problem), *direct)
@@ -138,6 +156,8 @@ def preferences(problem: ConvProblem) -> tuple[str, ...]:
 
 def choose(problem: ConvProblem, mode: str) -> Algorithm:
     """The algorithm for one convolution (``mode`` already resolved, not ``reference``)."""
+    if not problem.plain:  # strided, grouped, other kernel sizes
+        return ALGORITHMS["dense"]
     compiling = torch.compiler.is_compiling()
     if _forced is not None and ALGORITHMS[_forced].supports(problem) and not compiling:
         return ALGORITHMS[_forced]

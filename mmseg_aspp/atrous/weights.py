@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torch.utils.weak import WeakIdKeyDictionary
 
-from .winograd import F2, F4, winograd_kernel
+from .kernels.winograd import F2, F4, winograd_kernel
 
 _cache: WeakIdKeyDictionary = WeakIdKeyDictionary()
 WINOGRAD_LAYOUTS = {"winograd": F2, "winograd4": F4}  # layout name -> tile transform

@@ -8,11 +8,12 @@ from torch import Tensor
 
 
 class ConvProblem(NamedTuple):
-    """One bias-free, stride-1 convolution of the head, as much as choosing an algorithm needs.
+    """One bias-free convolution, as much as choosing an algorithm needs.
 
     The kernel is the ``rows x cols`` crop of the ``kernel_size`` x ``kernel_size`` parameter
-    (3, or 1 for the 1x1 branch) dilated by ``rate``: the taps that read the map at all, with
-    ``padding`` to match. The bottleneck is a full 3x3 at rate 1, padding 1.
+    dilated by ``rate``: the taps that read the map at all, with ``padding`` to match (the
+    ASPP bottleneck is a full 3x3 at rate 1, padding 1). Only the dense algorithm takes a
+    stride above 1, groups, or a kernel other than 1x1 or 3x3.
     """
 
     batch: int
@@ -30,6 +31,15 @@ class ConvProblem(NamedTuple):
     grad: bool  # autograd records the call (training)
     deterministic: bool  # torch.use_deterministic_algorithms or cudnn.deterministic
     channels_last: bool = False  # a (cropped) 1x1 kernel's input arrives channels-last (it is read as it comes)
+    stride: int = 1
+    groups: int = 1
+
+    @property
+    def plain(self) -> bool:
+        """Stride 1, one group, a 1x1 or 3x3 kernel padded to keep the map size: what every
+        algorithm computes."""
+        same = all(pad == (self.rate if taps == 3 else 0) for pad, taps in zip(self.padding, self.kernel))
+        return self.stride == 1 and self.groups == 1 and self.kernel_size in (1, 3) and same
 
     @property
     def kernel(self) -> tuple[int, int]:
@@ -48,7 +58,8 @@ class ConvProblem(NamedTuple):
 class Algorithm:
     """An exact way to compute ``conv2d(cat(inputs), weight[crop], padding, dilation=rate)``.
 
-    Subclasses set ``name``, may restrict ``supports`` and implement ``run``. Inputs come as
+    Subclasses set ``name``, may restrict ``supports`` (only ``plain`` problems reach any but
+    the dense algorithm) and implement ``run``. Inputs come as
     channel pieces (a branch has one; the bottleneck gets each normalised branch in turn, so an
     algorithm may consume and free them one at a time) in any memory layout; ``input_layout``
     says which one the algorithm reads fastest in inference ("channels_last", "contiguous" or
@@ -61,20 +72,39 @@ class Algorithm:
     def supports(self, problem: ConvProblem) -> bool:
         return True
 
-    def run(self, inputs: Iterable[Tensor], weight: Tensor, channels: slice, problem: ConvProblem) -> Tensor:
+    def run(self, inputs: Iterable[Tensor], weight: Tensor, channels: slice, problem: ConvProblem,
+            bias: Tensor | None = None) -> Tensor:
         """The convolution's output (N, O, H, W), in any memory layout.
 
         Args:
             inputs: Channel pieces of the input, each (N, C_i, H, W); together ``problem.in_channels``.
-            weight: The (O, C, 3, 3) parameter; ``weight[:, channels]`` is this convolution's
+            weight: The (O, C, k, k) parameter; ``weight[:, channels]`` is this convolution's
                 part, cropped to ``problem.weight_index``.
             channels: The input-channel slice of ``weight`` the pieces correspond to.
             problem: Shape, crop and context of the call.
+            bias: (O,) added to every output pixel, in the same pass where the algorithm can.
         """
         raise NotImplementedError
 
     def __repr__(self) -> str:
         return self.name
+
+
+def with_bias(out: Tensor, bias: Tensor | None) -> Tensor:
+    """``out`` plus ``bias`` per channel: in place without autograd (the output is the
+    algorithm's own), else as a new tensor."""
+    if bias is None:
+        return out
+    bias = bias.to(out.dtype).view(1, -1, 1, 1)
+    return out + bias if torch.is_grad_enabled() else out.add_(bias)
+
+
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype autocast would run convolutions in (``x.dtype`` without autocast)."""
+    device = x.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return x.dtype
 
 
 def concatenated(inputs: Iterable[Tensor]) -> Tensor:

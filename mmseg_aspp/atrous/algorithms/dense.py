@@ -11,14 +11,16 @@ class Dense(Algorithm):
     """The plain convolution (cuDNN or oneDNN picks the kernel); always available.
 
     Full 3x3 kernels run on NCHW, which oneDNN ran as fast as channels-last or faster when
-    nearly every tap reads the map; cropped kernels read the input as it comes.
+    nearly every tap reads the map, unless the input is channels-last already (a backbone's
+    maps stay so from layer to layer); other kernels read the input as it comes.
     """
 
     name = "dense"
 
-    def run(self, inputs, weight, channels, problem):
+    def run(self, inputs, weight, channels, problem, bias=None):
         x = concatenated(inputs)
         kernel = prepared_weight(weight, (slice(None), channels, *problem.weight_index), "contiguous", x.dtype)
-        if problem.kernel == (3, 3):
+        if problem.kernel == (3, 3) and not problem.channels_last:
             x = x.contiguous()
-        return F.conv2d(x, kernel, None, 1, problem.padding, problem.rate)
+        bias = None if bias is None else bias.to(kernel.dtype)
+        return F.conv2d(x, kernel, bias, problem.stride, problem.padding, problem.rate, problem.groups)

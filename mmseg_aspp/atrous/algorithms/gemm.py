@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from ..gemm import kernel_offsets, taps_conv_hwc
+from ..kernels.tap_gemm import kernel_offsets, taps_conv_hwc
 from ..weights import prepared_weight
-from .base import Algorithm, concatenated
+from .base import Algorithm, concatenated, with_bias
 
 
 class PerTapGemm(Algorithm):
@@ -16,14 +16,17 @@ class PerTapGemm(Algorithm):
     name = "gemm"
     input_layout = "channels_last"
 
-    def run(self, inputs, weight, channels, problem):
+    def run(self, inputs, weight, channels, problem, bias=None):
         x = concatenated(inputs)
         kernel = prepared_weight(weight, (slice(None), channels, *problem.weight_index), "taps", x.dtype)
         if problem.kernel == (1, 1):
             # One GEMM straight from the input's layout (an NCHW map is a transposed operand,
-            # never copied), written channels-last.
+            # never copied), written channels-last, with the bias in the same pass.
             batch, _, height, width = x.shape
-            out = torch.matmul(x.flatten(2).transpose(1, 2), kernel[0])
+            pixels = x.flatten(2).transpose(1, 2)
+            out = (torch.matmul(pixels, kernel[0]) if bias is None
+                   else torch.baddbmm(bias.to(kernel.dtype), pixels, kernel[0].expand(batch, *kernel[0].shape)))
             return out.view(batch, height, width, -1).permute(0, 3, 1, 2)
         offsets = kernel_offsets(*problem.weight_index, problem.rate, problem.kernel_size)
-        return taps_conv_hwc(x.permute(0, 2, 3, 1).contiguous(), kernel, offsets).permute(0, 3, 1, 2)
+        out = taps_conv_hwc(x.permute(0, 2, 3, 1).contiguous(), kernel, offsets).permute(0, 3, 1, 2)
+        return with_bias(out, bias)

@@ -4,9 +4,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..conv import atrous_convs
+from ..kernels.tap_skipping import atrous_convs
 from ..weights import prepared_weight
-from .base import Algorithm, concatenated
+from .base import Algorithm, concatenated, with_bias
 
 
 class TapSkipping(Algorithm):
@@ -16,14 +16,15 @@ class TapSkipping(Algorithm):
     name = "skip"
     input_layout = "channels_last"
 
-    def run(self, inputs, weight, channels, problem):
+    def run(self, inputs, weight, channels, problem, bias=None):
         x = concatenated(inputs)
         index = (slice(None), channels, *problem.weight_index)
         if problem.grad:
             # A view of the parameter is what autograd keeps; atrous_convs lays it out and casts it.
             (out,) = atrous_convs(x, [prepared_weight(weight, index, "channels_last")],
                                   [(problem.padding, problem.rate)])
-            return out
+            return with_bias(out, bias)
         kernel = prepared_weight(weight, index, "channels_last", x.dtype)
-        return F.conv2d(x.contiguous(memory_format=torch.channels_last), kernel, None, 1, problem.padding,
+        bias = None if bias is None else bias.to(kernel.dtype)
+        return F.conv2d(x.contiguous(memory_format=torch.channels_last), kernel, bias, 1, problem.padding,
                         problem.rate)

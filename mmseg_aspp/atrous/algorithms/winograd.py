@@ -8,9 +8,9 @@ import torch
 from torch import Tensor
 
 from ..weights import WINOGRAD_LAYOUTS, prepared_weight
-from ..winograd import (winograd_atrous_conv3x3, winograd_atrous_conv3x3_graph, winograd_atrous_conv3x3_trainable,
+from ..kernels.winograd import (winograd_atrous_conv3x3, winograd_atrous_conv3x3_graph, winograd_atrous_conv3x3_trainable,
                         winograd_conv3x3, winograd_input)
-from .base import Algorithm, concatenated
+from .base import Algorithm, concatenated, with_bias
 
 
 def _winograd_inference(pieces: Iterable[Tensor], weight: Tensor, first_channel: int, rate: int, layout: str,
@@ -83,7 +83,10 @@ class Winograd(Algorithm):
         reduced_training = problem.grad and problem.dtype in ("bfloat16", "float16")
         return problem.kernel == (3, 3) and not reduced_training
 
-    def run(self, inputs, weight, channels, problem):
+    def run(self, inputs, weight, channels, problem, bias=None):
+        return with_bias(self._convolve(inputs, weight, channels, problem), bias)
+
+    def _convolve(self, inputs, weight, channels, problem):
         if not problem.grad:
             args = (weight, channels.indices(weight.shape[1])[0], problem.rate, self.name, problem.torch_dtype)
             if torch.compiler.is_compiling():

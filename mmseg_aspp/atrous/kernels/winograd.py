@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .geometry import phase_groups
+from ..geometry import phase_groups
 
 # The transformed copies of a tile are the largest buffers: working on this
 # many bytes of them at a time keeps memory small and the buffers reusable

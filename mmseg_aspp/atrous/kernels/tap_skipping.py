@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .geometry import tap_span
+from ..geometry import tap_span
 
 _CL = torch.channels_last
 

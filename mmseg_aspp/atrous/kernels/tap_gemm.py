@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .geometry import tap_span
+from ..geometry import tap_span
 
 
 def kernel_offsets(rows: slice, cols: slice, rate: int, kernel_size: int = 3) -> list[tuple[int, int]]:
