@@ -16,7 +16,7 @@ check_dependencies()
 
 from .checkpoint import allow_mmengine_checkpoints, install_safe_loading, load_checkpoint_file  # noqa: E402
 from .errors import MmsegAsppError  # noqa: E402
-from .models import ASPPHead, DepthwiseSeparableASPPHead  # noqa: E402
+from .models import ASPPHead, DepthwiseSeparableASPPHead, PlannedConv2d  # noqa: E402
 from .registry import HOOKS, MODELS, RUNNERS  # noqa: E402
 from .runner import CheckpointGuardHook, DataCheckHook, ReliableRunner  # noqa: E402
 

@@ -38,7 +38,7 @@ POINTWISE = dict(kernel_size=1, rows=(0, 1), cols=(0, 1), rate=1, padding=(0, 0)
     (dict(height=16, width=16, batch=2, rate=6), "gemm"),  # 512 pixels: per-tap GEMMs
     (dict(height=16, width=16, batch=2, rate=6, grad=True), "skip"),
     (dict(height=97, width=97, rate=2, grad=True), "winograd"),
-    (dict(POINTWISE, channels_last=True), "dense"),  # the 1x1 branch beside channels-last 3x3 branches
+    (dict(POINTWISE, channels_last=True), "gemm"),  # the 1x1 branch beside channels-last 3x3 branches
     (dict(POINTWISE), "gemm"),  # on an NCHW input (DeepLabV3+): one GEMM reading it transposed
     (dict(POINTWISE, grad=True), "dense"),
     (dict(rows=(1, 2), cols=(0, 3), padding=(0, 36), rate=36, height=32), "skip"),  # a 1x3 crop
@@ -56,7 +56,7 @@ POINTWISE = dict(kernel_size=1, rows=(0, 1), cols=(0, 1), rate=1, padding=(0, 0)
     (dict(LAYER3, rate=2, grad=True, channels_last=False), "dense"),  # 256 channels train as fast dense
     (dict(LAYER3, rate=2, in_channels=128, out_channels=128), "skip"),  # too narrow for Winograd
     (dict(LAYER3, rate=1, padding=(1, 1), in_channels=64, out_channels=64, height=128, width=256), "skip"),
-    (dict(POINTWISE, channels_last=True, in_channels=1024, out_channels=256), "dense"),
+    (dict(POINTWISE, channels_last=True, in_channels=1024, out_channels=256), "gemm"),
     (dict(LAYER3, rate=1, padding=(1, 1), stride=2), "dense"),  # strided: dense only
     (dict(LAYER3, rate=1, padding=(1, 1), groups=2), "dense"),
     (dict(LAYER3, rate=2, padding=(0, 0)), "dense"),  # a 3x3 that shrinks the map

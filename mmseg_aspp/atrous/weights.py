@@ -1,4 +1,5 @@
-"""Inference-time cache of the weight views the atrous core convolves with.
+"""Inference-time cache of the weight views the atrous core convolves with, and of
+convolution weights with a following inference BatchNorm folded in.
 
 Cropped kernels, channel slices of the bottleneck and channels-last copies
 are views of the module's parameters that a convolution would otherwise copy
@@ -65,11 +66,47 @@ def prepared_weight(weight: Tensor, index: tuple, layout: str, dtype: torch.dtyp
     return prepared
 
 
+Norm = tuple  # (running_mean, running_var, weight or None, bias or None, eps) of an inference BatchNorm
+
+
+def norm_stamp(norm: Norm) -> tuple:
+    """What changes when a BatchNorm's parameters or statistics do (in place or replaced)."""
+    return tuple((id(t), t._version, t.data_ptr()) if isinstance(t, Tensor) else t for t in norm)
+
+
+def folded(weight: Tensor, bias: Tensor | None, norm: Norm) -> tuple[Tensor, Tensor]:
+    """``weight`` and ``bias`` of a convolution with the inference BatchNorm ``norm`` after it
+    folded in, computed in float64 and kept until the convolution's or the norm's tensors change.
+
+    Returns:
+        ``(weight * s, (bias - running_mean) * s + norm_bias)`` with ``s = norm_weight /
+        sqrt(running_var + eps)``, per output channel, in ``weight``'s dtype.
+    """
+    mean, var, scale, shift, eps = norm
+    stamp = (weight._version, weight.data_ptr(), None if bias is None else (bias._version, bias.data_ptr()),
+             norm_stamp(norm))
+    entries = _cache.setdefault(weight, {})
+    hit = entries.get(("folded", id(mean)))
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
+    with torch.no_grad():
+        factor = (var.double() + eps).rsqrt()
+        if scale is not None:
+            factor = factor * scale.double()
+        offset = -mean.double() if bias is None else bias.double() - mean.double()
+        offset = offset * factor if shift is None else offset * factor + shift.double()
+        result = ((weight.double() * factor.view(-1, *[1] * (weight.dim() - 1))).to(weight.dtype),
+                  offset.to(weight.dtype))
+    entries[("folded", id(mean))] = (stamp, result)
+    return result
+
+
 def prepared_bytes() -> int:
     """Memory held by prepared copies (views that share a parameter's storage cost nothing)."""
     return sum(
-        prepared.nbytes
+        tensor.nbytes
         for weight, entries in _cache.items()
         for _, prepared in entries.values()
-        if prepared.untyped_storage().data_ptr() != weight.untyped_storage().data_ptr()
+        for tensor in (prepared if isinstance(prepared, tuple) else (prepared,))
+        if tensor.untyped_storage().data_ptr() != weight.untyped_storage().data_ptr()
     )

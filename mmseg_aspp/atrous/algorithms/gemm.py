@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import buffers
 from ..kernels.tap_gemm import kernel_offsets, taps_conv_hwc
 from ..weights import prepared_weight
 from .base import Algorithm, concatenated, with_bias
@@ -24,8 +25,15 @@ class PerTapGemm(Algorithm):
             # never copied), written channels-last, with the bias in the same pass.
             batch, _, height, width = x.shape
             pixels = x.flatten(2).transpose(1, 2)
-            out = (torch.matmul(pixels, kernel[0]) if bias is None
-                   else torch.baddbmm(bias.to(kernel.dtype), pixels, kernel[0].expand(batch, *kernel[0].shape)))
+            matrix = kernel[0].expand(batch, *kernel[0].shape)
+            if problem.grad:  # autograd records out= calls only as their own outputs
+                out = torch.bmm(pixels, matrix) if bias is None else torch.baddbmm(bias.to(kernel.dtype), pixels, matrix)
+            else:
+                out = buffers.empty((batch, height * width, kernel.shape[2]), x, kernel.dtype)
+                if bias is None:
+                    torch.bmm(pixels, matrix, out=out)
+                else:
+                    torch.baddbmm(bias.to(kernel.dtype), pixels, matrix, out=out)
             return out.view(batch, height, width, -1).permute(0, 3, 1, 2)
         offsets = kernel_offsets(*problem.weight_index, problem.rate, problem.kernel_size)
         out = taps_conv_hwc(x.permute(0, 2, 3, 1).contiguous(), kernel, offsets).permute(0, 3, 1, 2)

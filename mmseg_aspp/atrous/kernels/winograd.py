@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .. import buffers
 from ..geometry import phase_groups
 
 # The transformed copies of a tile are the largest buffers: working on this
@@ -156,9 +157,9 @@ def _input_tiles(padded: Tensor, transform: TileTransform) -> Tensor:
     batch, padded_h, padded_w, channels = padded.shape
     tiles_h, tiles_w = (padded_h - 2) // m, (padded_w - 2) // m
     # Tile (i, j) reads padded rows m*i .. m*i + n - 1 and the same columns.
-    rows = padded.new_empty(n, batch, tiles_h, padded_w, channels)
+    rows = buffers.empty((n, batch, tiles_h, padded_w, channels), padded)
     _transform(transform.input, [padded[:, k : k + m * (tiles_h - 1) + 1 : m] for k in range(n)], rows)
-    tiles = padded.new_empty(n, n, batch, tiles_h, tiles_w, channels)
+    tiles = buffers.empty((n, n, batch, tiles_h, tiles_w, channels), padded)
     for a in range(n):
         _transform(transform.input, [rows[a][:, :, k : k + m * (tiles_w - 1) + 1 : m] for k in range(n)], tiles[a])
     return tiles
@@ -171,8 +172,9 @@ def _winograd_tiles(padded: Tensor, kernel: Tensor, transform: TileTransform, ou
     """
     tiles = _input_tiles(padded, transform)
     shape = tiles.shape[:5]
-    products = torch.bmm(tiles.view(transform.n**2, -1, tiles.shape[-1]), kernel).view(*shape, kernel.shape[2])
-    rows = products.new_empty(transform.m, *shape[1:], kernel.shape[2])
+    products = buffers.empty((*shape, kernel.shape[2]), tiles)
+    torch.bmm(tiles.view(transform.n**2, -1, tiles.shape[-1]), kernel, out=products.view(transform.n**2, -1, kernel.shape[2]))
+    rows = buffers.empty((transform.m, *shape[1:], kernel.shape[2]), products)
     _transform(transform.output, products, rows)
     for i in range(transform.m):
         _transform(transform.output, rows[i], out[:, :, i].movedim(3, 0))
@@ -182,9 +184,9 @@ def _grad_tiles(blocks: Tensor, transform: TileTransform) -> Tensor:
     """``A dY A^T`` of every m x m block (N, th, m, tw, m, C) of an output gradient: (n, n, N, th, tw, C)."""
     adjoint = tuple(zip(*transform.output))  # A, the adjoint of the output transform
     n, (batch, tiles_h, _, tiles_w, _, channels) = transform.n, blocks.shape
-    rows = blocks.new_empty(n, batch, tiles_h, tiles_w, transform.m, channels)
+    rows = buffers.empty((n, batch, tiles_h, tiles_w, transform.m, channels), blocks)
     _transform(adjoint, blocks.unbind(2), rows)
-    tiles = blocks.new_empty(n, n, batch, tiles_h, tiles_w, channels)
+    tiles = buffers.empty((n, n, batch, tiles_h, tiles_w, channels), blocks)
     for a in range(n):
         _transform(adjoint, rows[a].unbind(3), tiles[a])
     return tiles
@@ -212,7 +214,7 @@ def winograd_input(batch: int, channels: int, height: int, width: int, like: Ten
         buffer, and a (N, C, H, W) view of its interior.
     """
     m = transform.m
-    buffer = like.new_empty(batch, _padded_length(height, m), _padded_length(width, m), channels)
+    buffer = buffers.empty((batch, _padded_length(height, m), _padded_length(width, m), channels), like)
     # Only the border (and the rounding up to whole tiles) is cleared; the caller writes the rest.
     buffer[:, 0].zero_()
     buffer[:, height + 1 :].zero_()
@@ -241,7 +243,7 @@ def winograd_conv3x3(buffer: Tensor, kernel: Tensor, height: int, width: int, tr
     tiles_h, tiles_w = -(-height // m), -(-width // m)
     if max_tiles is None:
         max_tiles = max(1, CHUNK_BYTES // (transform.n**2 * max(in_ch, out_ch) * kernel.element_size()))
-    out = buffer.new_empty(batch, tiles_h, m, tiles_w, m, out_ch)
+    out = buffers.empty((batch, tiles_h, m, tiles_w, m, out_ch), buffer)
     for images, tile_rows in _tile_chunks(batch, tiles_h, tiles_w, max_tiles):
         buffer_rows = slice(m * tile_rows.start, m * tile_rows.stop + 2)
         _winograd_tiles(buffer[images, buffer_rows], kernel, transform, out[images, tile_rows])
@@ -303,7 +305,7 @@ def winograd_atrous_conv3x3(x: Tensor, kernel: Tensor, rate: int, transform: Til
     Returns:
         (N, H, W, C_out).
     """
-    out = x.new_empty(*x.shape[:3], kernel.shape[2])
+    out = buffers.empty((*x.shape[:3], kernel.shape[2]), x)
     for buffer, height, width, (dst,) in _phase_passes(x, rate, transform, [out]):
         result = winograd_conv3x3(buffer, kernel, height, width, transform).permute(0, 2, 3, 1)
         dst.copy_(result.view(dst.shape))
