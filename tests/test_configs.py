@@ -51,11 +51,13 @@ def test_config_builds(path):
 
 @pytest.mark.parametrize("family, name", [("deeplabv3", "deeplabv3_r101-d8_4xb2-80k_cityscapes-512x1024.py"),
                                           ("deeplabv3plus", "deeplabv3plus_r101-d8_4xb2-80k_cityscapes-512x1024.py")])
-def test_twin_differs_only_in_head_type(family, name):
+def test_twin_differs_only_in_head_type_and_conv_layer(family, name):
     ours = _load(os.path.join(ROOT, "configs", family, name)).to_dict()
     twin = _load(os.path.join(ROOT, "configs", f"{family}_upstream", name)).to_dict()
     assert ours["model"]["decode_head"].pop("type") == f"mmseg_aspp.{FAMILIES[family]}"
     assert twin["model"]["decode_head"].pop("type") == FAMILIES[family]
+    assert ours["model"]["backbone"].pop("conv_cfg") == dict(type="mmseg_aspp.Conv2d")
+    assert twin["model"]["backbone"].pop("conv_cfg") is None
     assert ours == twin
 
 

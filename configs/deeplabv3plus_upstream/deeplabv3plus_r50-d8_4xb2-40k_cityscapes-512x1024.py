@@ -1,4 +1,4 @@
 # Upstream baseline: identical to ../deeplabv3plus/deeplabv3plus_r50-d8_4xb2-40k_cityscapes-512x1024.py except that the decode
-# head is mmseg's own DepthwiseSeparableASPPHead.
+# head is mmseg's own DepthwiseSeparableASPPHead and the backbone's convolutions plain nn.Conv2d.
 _base_ = '../deeplabv3plus/deeplabv3plus_r50-d8_4xb2-40k_cityscapes-512x1024.py'
-model = dict(decode_head=dict(type='DepthwiseSeparableASPPHead'))
+model = dict(backbone=dict(conv_cfg=None), decode_head=dict(type='DepthwiseSeparableASPPHead'))

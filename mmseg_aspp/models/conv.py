@@ -50,9 +50,11 @@ class PlannedConv2d(nn.Conv2d):
 
     def problem(self, x: Tensor) -> ConvProblem | None:
         """The planned problem of ``conv(x)``, or None where ``nn.Conv2d`` runs as it stands
-        (graph capture, ``plan='reference'``, padding modes, non-square geometry)."""
+        (graph capture, ``plan='reference'``, shape inference on the meta device, padding modes,
+        non-square geometry)."""
         geometry = (self.kernel_size, self.stride, self.padding, self.dilation)
-        if (self.plan == "reference" or is_capturing() or x.dim() != 4 or self.padding_mode != "zeros"
+        if (self.plan == "reference" or is_capturing() or x.dim() != 4 or x.device.type == "meta"
+                or self.padding_mode != "zeros"
                 or isinstance(self.padding, str) or any(a != b for a, b in geometry)):
             return None
         size, stride, rate = self.kernel_size[0], self.stride[0], self.dilation[0]

@@ -1,4 +1,6 @@
-# DeepLabV3, ResNet-50-D8 (output stride 8), with mmseg_aspp's ASPP head.
+# DeepLabV3, ResNet-50-D8 (output stride 8), with mmseg_aspp's ASPP head, and mmseg's ResNetV1c
+# building every convolution as mmseg_aspp.Conv2d (the same parameters; planned exact algorithms,
+# BatchNorm folded in inference).
 custom_imports = dict(imports=['mmseg_aspp'], allow_failed_imports=False)
 norm_cfg = dict(type='SyncBN', requires_grad=True)
 data_preprocessor = dict(
@@ -22,7 +24,8 @@ model = dict(
         norm_cfg=norm_cfg,
         norm_eval=False,
         style='pytorch',
-        contract_dilation=True),
+        contract_dilation=True,
+        conv_cfg=dict(type='mmseg_aspp.Conv2d')),
     decode_head=dict(
         type='mmseg_aspp.ASPPHead',
         in_channels=2048,
