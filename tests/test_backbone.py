@@ -229,3 +229,14 @@ def test_whole_segmentor_float64_equal_to_upstream_twin(recipe, train):
             result.update({f"{n}.grad": p.grad for n, p in model.named_parameters() if p.grad is not None})
         results.append(result)
     assert_float64_equal(*results)
+
+
+def test_free_buffers_beyond_the_limit_are_released(monkeypatch):
+    monkeypatch.setattr(buffers, "MAX_FREE_BYTES", 3 * 2**20)
+    monkeypatch.setattr(buffers, "_blocks", [])
+    like = torch.empty(0)
+    held = [buffers.empty((2**18,), like) for _ in range(3)]  # 1 MB each, all in use
+    assert buffers.kept_bytes() == 3 * 2**20
+    del held
+    buffers.empty((2**20,), like)  # 4 MB: the free 1 MB blocks make room for it
+    assert buffers.kept_bytes() == 4 * 2**20

@@ -27,12 +27,15 @@ from torch._C._profiler import _EventType  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from mmengine.registry import init_default_scope  # noqa: E402
 from mmseg.registry import MODELS  # noqa: E402
 
+import benchmark_models  # noqa: E402
 import mmseg_aspp  # noqa: E402,F401
 from mmseg_aspp.atrous import valid_tap_fraction  # noqa: E402
+from mmseg_aspp.atrous import buffers  # noqa: E402
 from mmseg_aspp.atrous.aspp import plan  # noqa: E402
 from mmseg_aspp.atrous.weights import prepared_bytes  # noqa: E402
 from mmseg_aspp.hardware import device_model, native_reduced_precision  # noqa: E402
@@ -64,10 +67,6 @@ FAMILIES = {
     "deeplabv3plus": Family("DepthwiseSeparableASPPHead", "V3+ head",
                             (("c1_in_channels", C1_IN_CHANNELS), ("c1_channels", C1_CHANNELS)), decoder=True),
 }
-# Whole-model cases; a GPU trains at the recipe's 512x1024 crop, a 2-core CPU at 512x512.
-MODEL_CASES = {"cpu": [("R101-D8 512x1024 b1", "eval", 1, (512, 1024)), ("R101-D8 512x512 b2", "train", 2, (512, 512))],
-               "cuda": [("R101-D8 512x1024 b1", "eval", 1, (512, 1024)),
-                        ("R101-D8 512x1024 b2", "train", 2, (512, 1024))]}
 
 
 @dataclass
@@ -83,15 +82,20 @@ class Row:
     limit_fraction: float | None = None
     argmax_agreement: float | None = None
     plan: str | None = None
+    relative_error: float | None = None  # whole-model rows: L2 distance of the output from upstream eager's
 
 
 # ----------------------------------------------------------------- measuring
-def measure(fns: dict, device, repeats: int, memory: bool = True) -> dict[str, tuple[list[float], float | None]]:
+def measure(fns: dict, device, repeats: int, memory: bool | set = True) -> dict[str, tuple[list[float], float | None]]:
     """Time several implementations of one case in interleaved rounds.
 
     Each gets a warm-up call (caches, allocator, oneDNN primitives) and a call
     whose peak memory is read; then every round times each once, in turn, so a
     slow spell of a shared machine hits all of them alike and their ratio holds.
+
+    Args:
+        memory: Read peak memory for all (True), none (False) or the names in a set (others,
+            such as another runtime's allocations, are invisible to torch's profiler).
 
     Returns:
         Per name: wall times in ms, and the peak memory in MB of a call after
@@ -99,7 +103,7 @@ def measure(fns: dict, device, repeats: int, memory: bool = True) -> dict[str, t
     """
     peaks = {}
     for name, fn in fns.items():
-        if memory:
+        if memory is True or (memory and name in memory):
             peaks[name] = peak_memory_mb(fn, device)  # warms up first
         else:
             fn()
@@ -200,27 +204,18 @@ def step_flops(mode: str, macs: float) -> float:
     return 2 * macs * (1 if mode == "eval" else 3)
 
 
-def model_flops(mode: str, batch: int, height: int, width: int) -> float:
-    """Rough FLOPs of a whole-model step, for the progress estimate only.
-
-    The ASPP head is about half of DeepLabV3 R101-D8's work at output stride 8.
-    """
-    return 2 * step_flops(mode, head_valid_macs(batch, height // 8, width // 8))
-
-
 def planned_work(args, impls: int, device) -> float:
     """Estimated FLOPs of the whole run (timed, warm-up and memory calls), to weight progress."""
     total = 0.0
     for name in args.heads:
-        for shape in args.shapes:
+        for shape in [] if args.no_heads else args.shapes:
             height, width = map(int, shape.split("x"))
             for batch in args.batches:
                 macs = head_valid_macs(batch, height, width, FAMILIES[name])
                 total += sum(step_flops(mode, macs) * impls * (args.repeats + 2)
                              for mode in args.modes if not (mode == "train" and batch == 1))
         if not args.no_model:
-            total += sum(2 * model_flops(mode, batch, h, w) * (args.repeats + 2)
-                         for _, mode, batch, (h, w) in MODEL_CASES.get(device.type, MODEL_CASES["cpu"]))
+            total += benchmark_models.planned_work(device, args.repeats)
     return total
 
 
@@ -383,61 +378,6 @@ def _step_fn(name, head, x, mode, device, dtype):
     return fn
 
 
-def run_models(args, family: Family, device, rows, progress):
-    from mmengine.config import Config
-    from mmengine.model import revert_sync_batchnorm
-
-    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs")
-    folder, config = family.model_config
-    models = {}
-    for name, which in (("upstream", f"{folder}_upstream"), ("ours", folder)):
-        cfg = Config.fromfile(os.path.join(root, which, config))
-        cfg.model.pretrained = None
-        models[name] = revert_sync_batchnorm(MODELS.build(cfg.model)).to(device)
-    models["ours"].load_state_dict(models["upstream"].state_dict())
-    models["ours"].decode_head.plan = args.plan
-
-    for case, mode, batch, (height, width) in MODEL_CASES.get(device.type, MODEL_CASES["cpu"]):
-        case = case.replace("R101-D8", "R101-D8 V3+") if family.decoder else case
-        images = torch.randn(batch, 3, height, width, device=device)
-        labels = torch.randint(0, NUM_CLASSES, (batch, height, width), device=device)
-        progress.step(f"model {case} {mode}: {', '.join(models)}",
-                      model_flops(mode, batch, height, width) * len(models) * (args.repeats + 2))
-        fns = {name: _model_step(model, images, labels, mode) for name, model in models.items()}
-        results = measure(fns, device, args.repeats)
-        base_ms = statistics.median(results["upstream"][0])
-        for name, (times, peak_mb) in results.items():
-            row = Row(case, mode, name, statistics.median(times), max(times) - min(times), times,
-                      peak_mb=peak_mb)
-            row.ratio = base_ms / row.median_ms
-            rows.append(row)
-
-
-def _model_step(model, images, labels, mode):
-    from mmengine.structures import PixelData
-    from mmseg.structures import SegDataSample
-
-    if mode == "eval":
-        model.eval()
-
-        def fn():
-            with torch.no_grad():
-                model(images, mode="tensor")
-        return fn
-    samples = []
-    for label in labels:
-        sample = SegDataSample(gt_sem_seg=PixelData(data=label[None]))
-        sample.set_metainfo(dict(img_shape=tuple(label.shape), pad_shape=tuple(label.shape)))
-        samples.append(sample)
-    model.train()
-
-    def fn():
-        model.zero_grad(set_to_none=True)
-        losses = model(images, samples, mode="loss")
-        sum(v for k, v in losses.items() if "loss" in k).backward()
-    return fn
-
-
 # ------------------------------------------------------------------ output
 def device_name(device) -> str:
     name = device_model(device)
@@ -475,6 +415,53 @@ def format_table(rows: list[Row]) -> str:
             f"{fmt(r.argmax_agreement, '.2%')} | {r.plan or '-'} |"
         )
     return "\n".join(lines)
+
+
+def _model_row(case: str, mode: str, impl: str, times: list[float], peak_mb: float | None) -> Row:
+    return Row(case, mode, impl, statistics.median(times), max(times) - min(times), times, peak_mb=peak_mb)
+
+
+def format_model_table(rows: list[Row]) -> str:
+    """Whole-model peers: time, speed-up over upstream eager, ours against the fastest other peer."""
+    lines = ["| model, case | mode | peer | median s | vs upstream eager | vs fastest peer | peak MB | argmax agree "
+             "| rel. L2 vs upstream |", "|" + "---|" * 9]
+    for r in rows:
+        others = [o.median_ms for o in rows if (o.case, o.mode) == (r.case, r.mode) and not o.impl.startswith("ours")]
+        versus = f"{min(others) / r.median_ms:.2f}x" if r.impl.startswith("ours") else "-"
+        agree = "-" if r.argmax_agreement is None else f"{r.argmax_agreement:.2%}"
+        error = "-" if r.relative_error is None else f"{r.relative_error:.1e}"
+        peak = "-" if r.peak_mb is None else f"{r.peak_mb:.0f}"
+        lines.append(f"| {r.case} | {r.mode} | {r.impl} | {r.median_ms / 1000:.2f} | {r.ratio:.2f}x | {versus} | "
+                     f"{peak} | {agree} | {error} |")
+    return "\n".join(lines)
+
+
+def plot_models(rows: list[Row], path: str, title: str) -> None:
+    """Seconds per step of every peer, one panel per case; ours in colour, the others grey."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = list(dict.fromkeys((r.case, r.mode) for r in rows))
+    fig, axes = plt.subplots(len(cases), 1, figsize=(8, 1.2 + 0.38 * len(rows)), squeeze=False)
+    for ax, (case, mode) in zip(axes[:, 0], cases):
+        group = [r for r in rows if (r.case, r.mode) == (case, mode)]
+        seconds = [r.median_ms / 1000 for r in group]
+        colours = ["tab:orange" if r.impl.startswith("ours") else "tab:gray" for r in group]
+        ax.barh(range(len(group)), seconds, color=colours)
+        ax.set_yticks(range(len(group)))
+        ax.set_yticklabels([r.impl for r in group], fontsize=8)
+        ax.invert_yaxis()
+        for i, (value, r) in enumerate(zip(seconds, group)):
+            ax.text(value, i, f" {value:.2f} s ({r.ratio:.2f}x)", va="center", fontsize=7)
+        ax.set_title(f"{case} {mode}", fontsize=9)
+        ax.set_xlim(0, max(seconds) * 1.3)
+    axes[-1, 0].set_xlabel("seconds per step (speed-up over upstream eager)")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def plot(rows: list[Row], path: str, title: str) -> None:
@@ -523,7 +510,8 @@ def main(argv=None) -> None:
                         help="cudnn.deterministic on (and cudnn.benchmark off), as mmseg's randomness.deterministic")
     parser.add_argument("--heads", nargs="+", default=list(FAMILIES), choices=list(FAMILIES),
                         help="DeepLabV3's ASPPHead, DeepLabV3+'s DepthwiseSeparableASPPHead, or both")
-    parser.add_argument("--no-model", action="store_true", help="skip the whole R101-D8 model timings")
+    parser.add_argument("--no-model", action="store_true", help="skip the whole R101-D8 model peers")
+    parser.add_argument("--no-heads", action="store_true", help="only the whole R101-D8 model peers")
     parser.add_argument("--quick", action="store_true", help="32x32 and 16x16, batch 2, 2 repeats, no model")
     parser.add_argument("--out-dir", default="work_dirs/benchmark")
     args = parser.parse_args(argv)
@@ -558,38 +546,57 @@ def main(argv=None) -> None:
     impls = 2 + len(args.reduced_precision) + 2 * args.compile
     progress = Progress(planned_work(args, impls, device))
     rows: list[Row] = []
-    cache_mb = 0.0
+    model_rows: list[Row] = []
+    notes: list[str] = []
+    cache_mb = model_cache_mb = 0.0
     for head in args.heads:
-        ours = run_heads(args, FAMILIES[head], device, peak, rows, progress)
-        cache_mb += prepared_bytes() / 2**20
-        del ours  # its prepared weights go with it
+        if not args.no_heads:
+            ours = run_heads(args, FAMILIES[head], device, peak, rows, progress)
+            cache_mb += prepared_bytes() / 2**20
+            del ours  # its prepared weights go with it
         if not args.no_model:
-            run_models(args, FAMILIES[head], device, rows, progress)
+            before = prepared_bytes()
+            notes += benchmark_models.run_model_peers(args, FAMILIES[head], device, model_rows, progress, measure,
+                                                      _model_row)
+            model_cache_mb += (prepared_bytes() - before) / 2**20
+    notes = list(dict.fromkeys(notes))
 
     os.makedirs(args.out_dir, exist_ok=True)
-    table = format_table(rows)
+    table = format_table(rows) if rows else ""
+    model_table = format_model_table(model_rows) if model_rows else ""
     cache = (f"weights our head prepared and keeps between calls (every dtype and layout this run used): "
              f"{cache_mb:.0f} MB, not in peak MB")
+    if model_rows:
+        cache += (f"; whole models: {model_cache_mb:.0f} MB of prepared (folded, transformed) weights and "
+                  f"{buffers.kept_bytes() / 2**20:.0f} MB of reusable buffers")
+    cache += "".join(f"\nnote: {n}" for n in notes)
     settings = f"plan {args.plan}; compile {args.compile}"
     if device.type == "cuda":
         settings += (f"; cudnn.benchmark {torch.backends.cudnn.benchmark}, deterministic "
                      f"{torch.backends.cudnn.deterministic}; TF32 matmul {torch.backends.cuda.matmul.allow_tf32}, "
                      f"conv {torch.backends.cudnn.allow_tf32}")
-    print(f"\nDevice: {name}; {settings}\n\n{table}\n\n{cache}")
+    print(f"\nDevice: {name}; {settings}\n\n{model_table}\n\n{table}\n\n{cache}")
     meta = dict(device=name, torch=torch.__version__, gemm_peak_gflops=peak, rates=RATES,
                 in_channels=IN_CHANNELS, channels=CHANNELS, c1=(C1_IN_CHANNELS, C1_CHANNELS), heads=args.heads,
                 repeats=args.repeats,
                 reduced_precision=args.reduced_precision, reduced_precision_native=native, plan=args.plan,
                 compile=args.compile, settings=settings, prepared_weight_cache_mb=cache_mb)
     with open(os.path.join(args.out_dir, "benchmark.json"), "w") as f:
-        json.dump(dict(meta=meta, rows=[asdict(r) for r in rows]), f, indent=1)
+        json.dump(dict(meta=meta, rows=[asdict(r) for r in rows], model_rows=[asdict(r) for r in model_rows]), f,
+                  indent=1)
     with open(os.path.join(args.out_dir, "benchmark.md"), "w") as f:
         peaks = ", ".join(f"{k} {v:.0f}" for k, v in peak.items())
         native_note = "".join(f"; native {p}: {n}" for p, n in native.items())
         f.write(f"Device: {name}; torch {torch.__version__}; {settings}; GEMM peak GFLOP/s: {peaks}{native_note}"
-                f"\n\n{table}\n\n{cache}\n")
-    plot(rows, os.path.join(args.out_dir, "benchmark.png"), f"{name}, torch {torch.__version__}")
-    print(f"\nwrote {args.out_dir}/benchmark.json, benchmark.md, benchmark.png")
+                f"\n\n{model_table}\n\n{table}\n\n{cache}\n")
+    charts = []
+    if rows:
+        plot(rows, os.path.join(args.out_dir, "benchmark.png"), f"{name}, torch {torch.__version__}")
+        charts.append("benchmark.png")
+    if model_rows:
+        plot_models(model_rows, os.path.join(args.out_dir, "models.png"), f"{name}, torch {torch.__version__}")
+        charts.append("models.png")
+    print(f"\nwrote {args.out_dir}/benchmark.json, benchmark.md, {', '.join(charts)}")
 
 
 if __name__ == "__main__":

@@ -23,11 +23,12 @@ MAX_FREE_BYTES = 512 * 2**20
 MIN_BYTES = 256 * 2**10
 
 _blocks: list[Tensor] = []  # uint8 CPU tensors
+_USE_COUNT = getattr(torch._C, "_storage_Use_Count", None)  # without it, no block is kept
 
 
 def _in_use(block: Tensor) -> bool:
     # The pool's tensor and the temporary storage object count one each.
-    return torch._C._storage_Use_Count(block.untyped_storage()._cdata) > 2
+    return _USE_COUNT(block.untyped_storage()._cdata) > 2
 
 
 def empty(shape: tuple[int, ...] | list[int], like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
@@ -35,7 +36,7 @@ def empty(shape: tuple[int, ...] | list[int], like: Tensor, dtype: torch.dtype |
     ``like``'s), from a kept block where one of at most twice the size is free."""
     dtype = dtype or like.dtype
     nbytes = math.prod(shape) * dtype.itemsize
-    if like.device.type != "cpu" or nbytes < MIN_BYTES or torch.compiler.is_compiling():
+    if like.device.type != "cpu" or nbytes < MIN_BYTES or torch.compiler.is_compiling() or _USE_COUNT is None:
         return torch.empty(shape, dtype=dtype, device=like.device)
     free = [b for b in _blocks if nbytes <= b.numel() <= 2 * nbytes and not _in_use(b)]
     if free:
@@ -51,11 +52,13 @@ def _release(keep: int) -> None:
     """Drop free blocks, largest first, until at most ``keep`` bytes of them are left."""
     free = sorted((b for b in _blocks if not _in_use(b)), key=Tensor.numel, reverse=True)
     total = sum(b.numel() for b in free)
+    dropped = set()
     for block in free:
         if total <= keep:
             break
-        _blocks.remove(block)
+        dropped.add(id(block))
         total -= block.numel()
+    _blocks[:] = [b for b in _blocks if id(b) not in dropped]
 
 
 def kept_bytes() -> int:
