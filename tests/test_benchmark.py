@@ -49,11 +49,11 @@ def test_small_run_writes_table_json_and_chart(tmp_path, monkeypatch, capsys):
         else:
             assert row["argmax_agreement"] is None
     # 16x16 in batches of 2 is 512 pixels: per-tap GEMMs in inference, tap skipping in training;
-    # rates 24 and 36 reach past the map (1x1 crops, dense on the channels-last input the GEMMs
-    # share); the bottleneck is Winograd F(4x4, 3x3) in fp32 inference, dense in training.
-    # DeepLabV3+ plans the pointwise (1x1) half of its separable branches: on their NCHW input
-    # one GEMM each in inference.
-    assert rows[(cases[0], "eval", "ours")]["plan"] == "dense+gemm+dense+dense > winograd4"
+    # rates 24 and 36 reach past the map (1x1 crops, one GEMM each in inference, as the 1x1
+    # branch); the bottleneck is Winograd F(4x4, 3x3) in fp32 inference, dense in training.
+    # DeepLabV3+ plans the pointwise (1x1) half of its separable branches: one GEMM each in
+    # inference.
+    assert rows[(cases[0], "eval", "ours")]["plan"] == "gemm+gemm+gemm+gemm > winograd4"
     assert rows[(cases[0], "train", "ours")]["plan"] == "dense+skip+dense+dense > dense"
     assert rows[(cases[1], "eval", "ours")]["plan"] == "gemm+gemm+gemm+gemm > winograd4"
 
@@ -118,3 +118,41 @@ def test_cpu_peak_memory_is_what_one_call_adds_and_does_not_drift():
 
     assert [round(bench.peak_memory_mb(call, torch.device("cpu")), 1) for _ in range(3)] == [3.0] * 3
     assert [round(bench.peak_memory_mb(train_step, torch.device("cpu")), 1) for _ in range(3)] == [4.0] * 3
+
+
+def test_model_peers_rows_and_missing_runtimes(monkeypatch, tmp_path):
+    """The whole-model peers on the demo-sized recipes at a small size: a row per peer and case,
+    outputs compared with upstream eager, a runtime that cannot run reported, not fatal."""
+    bench = load_tool("benchmark")
+    models = bench.benchmark_models
+    real_build = models.build_pair
+    demo = ("demo", "deeplabv3_r18-d8_1xb4-300it_synthetic-cityscapes-96x192.py")
+    monkeypatch.setattr(models, "build_pair", lambda folder, config, device, plan: real_build(
+        *demo, device, plan, upstream_folder="deeplabv3_upstream"))
+    monkeypatch.setattr(models, "CPU_CASES", [("64x96 b1", "eval", 1, (64, 96)), ("64x64 b2", "train", 2, (64, 64))])
+    monkeypatch.setattr(models, "_compiled", lambda module, notes, what: notes.append(f"{what}: skipped"))
+    real_session = models.runtime_session
+
+    def session(runtime, path, threads):
+        if runtime == "openvino":
+            raise ImportError("No module named 'openvino'")
+        return real_session(runtime, path, threads)
+
+    monkeypatch.setattr(models, "runtime_session", session)
+    bench.main(["--no-heads", "--heads", "deeplabv3", "--repeats", "1", "--out-dir", str(tmp_path)])
+    data = json.loads((tmp_path / "benchmark.json").read_text())
+    rows = {(r["case"], r["mode"], r["impl"]): r for r in data["model_rows"]}
+    eval_peers = {"upstream", "upstream channels_last", "upstream onnxruntime", "ours"}
+    assert set(rows) == ({("R101-D8 64x96 b1", "eval", p) for p in eval_peers}
+                         | {("R101-D8 backbone 64x96 b1", "eval", p) for p in eval_peers}
+                         | {("R101-D8 64x64 b2", "train", p) for p in ("upstream", "upstream channels_last", "ours")})
+    for (case, mode, impl), row in rows.items():
+        assert row["median_ms"] > 0 and row["ratio"] > 0
+        if mode == "eval":
+            assert row["relative_error"] < 1e-4  # the same function, fp32 rounding apart
+            if "backbone" not in case:
+                assert row["argmax_agreement"] > 0.999
+        assert (row["peak_mb"] is None) == (impl == "upstream onnxruntime")
+    table = (tmp_path / "benchmark.md").read_text()
+    assert "openvino: not run (ImportError: No module named 'openvino')" in table
+    assert "vs fastest peer" in table and (tmp_path / "models.png").read_bytes()[:4] == b"\x89PNG"

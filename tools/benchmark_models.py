@@ -74,15 +74,20 @@ class TrainingLoss(nn.Module):
         return loss
 
 
-def build_pair(folder: str, config: str, device, plan: str) -> dict[str, nn.Module]:
-    """Upstream's and our segmentor of one recipe, on ``device``, with upstream's weights in both."""
+def build_pair(folder: str, config: str, device, plan: str, upstream_folder: str | None = None) -> dict[str, nn.Module]:
+    """Upstream's and our segmentor of one recipe, on ``device``, with upstream's weights in both.
+
+    Args:
+        folder, config: Our recipe, ``configs/<folder>/<config>``.
+        upstream_folder: Its twin's folder (default ``<folder>_upstream``).
+    """
     from mmengine.config import Config
     from mmengine.model import revert_sync_batchnorm
     from mmseg.registry import MODELS
 
     root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs")
     models = {}
-    for name, which in (("upstream", f"{folder}_upstream"), ("ours", folder)):
+    for name, which in (("upstream", upstream_folder or f"{folder}_upstream"), ("ours", folder)):
         cfg = Config.fromfile(os.path.join(root, which, config))
         cfg.model.pretrained = None
         models[name] = revert_sync_batchnorm(MODELS.build(cfg.model)).to(device)
