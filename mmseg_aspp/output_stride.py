@@ -47,7 +47,9 @@ def set_output_stride(model_cfg: dict, output_stride: int) -> int:
     """Change a segmentor config's output stride in place; returns the previous one.
 
     The backbone (a ResNet-family config with four ``strides``/``dilations``)
-    gets the new stage strides and dilations; the decode head's rates scale by
+    gets the new stage strides and dilations, and its multi-grid unit rates scale
+    with them (blocks cascaded after block4 follow block4's rate); the decode
+    head's rates, if it has any, scale by
     ``old / new``: through its ``output_stride`` when it has one (mmseg_aspp's
     head), else by rewriting ``dilations`` (also works for mmseg's head).
 
@@ -63,8 +65,16 @@ def set_output_stride(model_cfg: dict, output_stride: int) -> int:
     old = resnet_output_stride(backbone["strides"])
     strides, dilations = resnet_strides_and_dilations(output_stride)
     backbone["strides"], backbone["dilations"] = strides, dilations
+    if backbone.get("multi_grid"):  # mmseg's multi-grid rates are absolute: they scale with the stride
+        grid = [rate * old / output_stride for rate in backbone["multi_grid"]]
+        if any(rate != int(rate) for rate in grid):
+            raise ValueError(f"the backbone's multi_grid {tuple(backbone['multi_grid'])} at output stride {old} "
+                             f"does not scale to whole rates at output stride {output_stride}")
+        backbone["multi_grid"] = tuple(int(rate) for rate in grid)
     if head.get("output_stride") is not None:
         head["output_stride"] = output_stride
+        return old
+    if "dilations" not in head:  # a head without atrous rates (a cascade's 1x1 classifier)
         return old
     scaled = [rate if rate == 1 else rate * old / output_stride for rate in head["dilations"]]
     if any(rate != int(rate) for rate in scaled):

@@ -5,7 +5,7 @@ import pytest
 
 from mmseg_aspp.atrous import valid_tap_fraction
 from mmseg_aspp.atrous.geometry import axis_tap_counts, valid_weight_counts
-from tooling import DEMO_CS, DEMO_CS_PLUS, load_tool
+from tooling import DEMO_CS, DEMO_CS_PLUS, ROOT, load_tool
 
 pytestmark = pytest.mark.stack_independent  # geometry and plotting
 
@@ -102,3 +102,25 @@ def test_cli_reads_a_deeplabv3plus_config(tool, capsys):
     out = capsys.readouterr().out
     assert "decode head: mmseg_aspp.DepthwiseSeparableASPPHead, rates (1, 6, 12, 18), reads backbone output 3" in out
     assert "train crop 96x192 -> feature map 12x24 (output stride 8)" in out
+
+
+def test_cli_lists_backbone_blocks_and_warns_where_the_cascade_degenerates(tool, tmp_path, capsys):
+    from test_cascade import DEMO
+
+    plot = tmp_path / "blocks.png"
+    tool.main([DEMO, "--infer-size", "96", "192", "--plot-blocks", str(plot)])
+    out = capsys.readouterr().out
+    assert "train crop 96x192 -> feature map 6x12 (output stride 16)" in out
+    # The quarter-width ResNet-18: two units a block; block4 at rate 2 with multi-grid (1, 2, 1),
+    # each cascaded block doubling it, all on the 6x12 map.
+    assert "| layer4 | 2, 4 | 6x12 |" in out and "| layer7 | 16, 32 | 6x12 | 11%, 11% | 1x1 |" in out
+    assert "WARNING: degenerate backbone units" in out and "layer7 unit 2 rate 32 (1x1 on 6x12)" in out
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_reads_a_config_whose_head_has_no_rates(tool, capsys):
+    config = f"{ROOT}/configs/deeplabv3_cascade/cascade_r50-d16-block7-mg121_4xb4-20k_voc12aug-512x512.py"
+    tool.main([config, "--infer-size", "512", "512"])
+    out = capsys.readouterr().out
+    assert "decode head: FCNHead, no atrous rates, reads backbone output 3" in out
+    assert "| layer7 | 16, 32, 16 | 32x32 |" in out

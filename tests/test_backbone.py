@@ -18,6 +18,7 @@ from mmseg_aspp.atrous.algorithms import ALGORITHMS
 from mmseg_aspp.atrous.planner import forced_algorithm
 from mmseg_aspp.models import PlannedConv2d
 from mmseg_aspp.models import conv as conv_module
+from test_parity import _break_dense, _break_skip, _break_winograd
 from tooling import ROOT
 
 F64 = torch.float64
@@ -153,6 +154,15 @@ def test_a_wrong_fold_is_caught(monkeypatch):
     monkeypatch.setattr(conv_module, "folded", lambda w, b, norm: real(w, b, (*norm[:4], norm[4] * 10)))
     with pytest.raises(AssertionError, match="max error"):
         test_float64_equal_to_mmseg("D8", None, False)
+
+
+@pytest.mark.parametrize("forced, train, breaks", [("winograd4", False, _break_winograd), ("dense", False, _break_dense),
+                                                   ("skip", True, _break_skip)], ids=["winograd4", "dense", "skip"])
+def test_a_broken_tap_is_caught(forced, train, breaks, monkeypatch):
+    """One wrong tap in an algorithm the backbone runs fails its float64 check."""
+    breaks(monkeypatch)
+    with pytest.raises(AssertionError, match="max error"):
+        test_float64_equal_to_mmseg("D8", forced, train)
 
 
 def test_buffers_are_reused_only_when_free():

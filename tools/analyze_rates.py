@@ -1,12 +1,15 @@
 #!/usr/bin/env python
-"""How much of each ASPP branch's 3x3 filter reads the feature map (DeepLabV3, Sec. 3.3).
+"""How much of each atrous 3x3 filter reads the feature map (DeepLabV3, Sec. 3.2 and 3.3).
 
     python tools/analyze_rates.py CONFIG [--infer-size H W] [--plot OUT.png [--map-size 65]]
+        [--plot-blocks OUT.png]
 
-For the training crop and an inference size, prints per atrous rate the share
-of filter taps that land on the feature map and flags branches whose rate
-reaches the map size: their outer taps read only zero padding, so they act as
-1x3, 3x1 or 1x1 convolutions. ``--plot`` redraws the paper's Fig. 4.
+For the training crop and an inference size, prints per ASPP rate (atrous convolution in
+parallel) and per backbone block and unit (in cascade: ResNet's dilated blocks and any blocks
+cascaded after block4) the share of filter taps that land on the feature map, and flags filters
+whose rate reaches the map size: their outer taps read only zero padding, so they act as 1x3,
+3x1 or 1x1 convolutions. ``--plot`` redraws the paper's Fig. 4, ``--plot-blocks`` draws the rate
+of every backbone unit against the map it runs on.
 """
 from __future__ import annotations
 
@@ -40,6 +43,8 @@ def parse_args(argv=None):
     parser.add_argument("--plot", metavar="OUT.png", help="draw valid-weight counts against the rate")
     parser.add_argument("--map-size", type=int, default=65,
                         help="side of the square feature map for --plot (default: 65)")
+    parser.add_argument("--plot-blocks", metavar="OUT.png",
+                        help="draw every backbone unit's rate and valid-tap share at the inference size")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config entries")
     return parser.parse_args(argv)
 
@@ -165,6 +170,74 @@ def rate_table(rates: Sequence[int], sizes: dict[str, tuple[int, int]]) -> list[
     return lines
 
 
+def block_rates(model: nn.Module, height: int, width: int) -> list[tuple[str, int, int, tuple[int, int]]]:
+    """``(block, unit, rate, map size)`` of every backbone unit's atrous 3x3 convolution for an
+    input of ``height`` x ``width`` (a bottleneck's second convolution, a basic block's first).
+
+    Args:
+        model: An mmseg ``EncoderDecoder`` with a ResNet-family backbone, possibly on meta.
+    """
+    backbone = model.backbone
+    found, handles = [], []
+    for name in getattr(backbone, "res_layers", ()):
+        for index, unit in enumerate(getattr(backbone, name)):
+            conv = max((m for m in unit.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)),
+                       key=lambda m: m.dilation[0])
+
+            def record(module, inputs, name=name, index=index):
+                found.append((name, index, module.dilation[0], tuple(inputs[0].shape[-2:])))
+
+            handles.append(conv.register_forward_pre_hook(record))
+    image = torch.empty(1, 3, height, width, device=next(model.parameters()).device)
+    with torch.no_grad():
+        backbone(image)
+    for handle in handles:
+        handle.remove()
+    return found
+
+
+def block_table(units: Sequence[tuple[str, int, int, tuple[int, int]]]) -> list[str]:
+    """Markdown table, one row per block: its units' rates, the map, valid taps and what they act as."""
+    lines = ["| block | unit rates | map | valid taps per unit | acts as |", "|---|---|---|---|---|"]
+    for block in dict.fromkeys(name for name, *_ in units):
+        rows = [(rate, size) for name, _, rate, size in units if name == block]
+        size = rows[-1][1]
+        shares = ", ".join(f"{100 * tap_share(*s, r):.0f}%" for r, s in rows)
+        kinds = sorted({branch_kernel(*s, r).split()[0] for r, s in rows if r > 1}) or ["3x3"]
+        lines.append(f"| {block} | {', '.join(str(r) for r, _ in rows)} | {size[0]}x{size[1]} | {shares} | "
+                     f"{', '.join(kinds)} |")
+    return lines
+
+
+def plot_block_rates(path: str, units: Sequence[tuple[str, int, int, tuple[int, int]]], title: str) -> None:
+    """Each backbone unit's rate (bars, log scale) against the height and width of its map (lines),
+    with the share of its taps that read the map."""
+    plt = _pyplot()
+    labels = [f"{name.replace('layer', 'block')}.{index + 1}" for name, index, _, _ in units]
+    rates = [rate for _, _, rate, _ in units]
+    fig, ax = plt.subplots(figsize=(max(7, 0.28 * len(units)), 4.2))
+    colours = ["tab:red" if "DEGENERATE" in branch_kernel(*size, rate) else "tab:blue" if rate > 1 else "tab:gray"
+               for _, _, rate, size in units]
+    ax.bar(range(len(units)), rates, color=colours)
+    ax.step(range(len(units)), [size[0] for *_, size in units], where="mid", color="black", linewidth=1,
+            label="map height")
+    ax.step(range(len(units)), [size[1] for *_, size in units], where="mid", color="black", linestyle="--",
+            linewidth=1, label="map width")
+    for i, (_, _, rate, size) in enumerate(units):
+        if rate > 1:
+            ax.text(i, rate * 1.08, f"{100 * tap_share(*size, rate):.0f}%", ha="center", fontsize=6, rotation=90)
+    ax.set_yscale("log", base=2)
+    ax.set_xticks(range(len(units)))
+    ax.set_xticklabels(labels, rotation=90, fontsize=6)
+    ax.set_ylabel("atrous rate (bars) / map side (lines)")
+    ax.set_title(f"{title}\nred: the rate reaches the map, the 3x3 degenerates; labels: valid-tap share",
+                 fontsize=8)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def _pyplot():
     try:
         import matplotlib
@@ -214,35 +287,50 @@ def main(argv=None) -> None:
         sys.exit(f"config not found: {args.config}")
     if args.map_size < 1:
         sys.exit(f"--map-size must be positive; got {args.map_size}")
-    if args.plot:
+    if args.plot or args.plot_blocks:
         _pyplot()  # fail before the analysis if matplotlib is missing
     cfg = Config.fromfile(args.config)  # imports mmseg_aspp through custom_imports
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     model = load_model_on_meta(cfg)
     head = model.decode_head
-    rates = getattr(head, "dilations", None)
-    if not rates:
-        sys.exit(f"{args.config}: decode head {type(head).__name__} has no atrous rates "
-                 f"('dilations'); this analysis is for ASPP heads")
+    rates = tuple(getattr(head, "dilations", None) or ())
 
     crop = crop_size(cfg)
     infer, source = inference_size(cfg, args)
     crop_feature, infer_feature = feature_size(model, *crop), feature_size(model, *infer)
     stride = round(crop[0] / crop_feature[0])
     print(f"config: {args.config}")
-    print(f"decode head: {cfg.model.decode_head.type}, rates {tuple(rates)}, "
-          f"reads backbone output {head.in_index}")
+    print(f"decode head: {cfg.model.decode_head.type}, "
+          f"{f'rates {rates}' if rates else 'no atrous rates'}, reads backbone output {head.in_index}")
     print(f"train crop {crop[0]}x{crop[1]} -> feature map {crop_feature[0]}x{crop_feature[1]} "
           f"(output stride {stride})")
     print(f"inference {infer[0]}x{infer[1]} ({source}) -> feature map {infer_feature[0]}x{infer_feature[1]}")
-    print()
-    print("\n".join(rate_table(rates, {"train": crop_feature, "inference": infer_feature})))
-    degenerate = [f"rate {r} at {name} ({branch_kernel(*size, r).split()[0]})"
-                  for name, size in (("train", crop_feature), ("inference", infer_feature))
-                  for r in rates if "DEGENERATE" in branch_kernel(*size, r)]
-    print()
-    print("degenerate branches: " + ("; ".join(degenerate) if degenerate else "none"))
+    if rates:
+        print()
+        print("\n".join(rate_table(rates, {"train": crop_feature, "inference": infer_feature})))
+        degenerate = [f"rate {r} at {name} ({branch_kernel(*size, r).split()[0]})"
+                      for name, size in (("train", crop_feature), ("inference", infer_feature))
+                      for r in rates if "DEGENERATE" in branch_kernel(*size, r)]
+        print()
+        print("degenerate branches: " + ("; ".join(degenerate) if degenerate else "none"))
+    units = block_rates(model, *infer)
+    if units:
+        print()
+        print(f"backbone blocks at inference {infer[0]}x{infer[1]}:")
+        print("\n".join(block_table(units)))
+        degenerate = [f"{name} unit {index + 1} rate {rate} ({branch_kernel(*size, rate).split()[0]} on {size[0]}x{size[1]})"
+                      for name, index, rate, size in units if rate > 1 and "DEGENERATE" in branch_kernel(*size, rate)]
+        print()
+        if degenerate:
+            print("WARNING: degenerate backbone units (their outer taps read only zero padding): "
+                  + "; ".join(degenerate))
+        else:
+            print("degenerate backbone units: none")
+    if args.plot_blocks:
+        plot_block_rates(args.plot_blocks, units, f"backbone rates of {osp.basename(args.config)} at "
+                         f"{infer[0]}x{infer[1]}")
+        print(f"block plot written to {osp.abspath(args.plot_blocks)}")
     if args.plot:
         plot_valid_weights(args.plot, args.map_size, rates, f"rates of {osp.basename(args.config)}")
         print(f"plot written to {osp.abspath(args.plot)}")

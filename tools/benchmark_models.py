@@ -236,12 +236,14 @@ def planned_work(device, repeats: int) -> float:
     return total
 
 
-def run_model_peers(args, family, device, rows, progress, measure, make_row) -> list[str]:
+def run_model_peers(args, family, device, rows, progress, measure, make_row) -> tuple[list[str], int]:
     """Time every peer of ``family``'s recipe; append one row per peer and case to ``rows``.
 
     Returns:
-        Notes on peers that could not run.
+        Notes on peers that could not run, and the bytes of prepared weights ours keeps.
     """
+    from mmseg_aspp.atrous.weights import prepared_bytes
+
     notes: list[str] = []
     folder, config = family.model_config
     models = build_pair(folder, config, device, args.plan)
@@ -279,4 +281,4 @@ def run_model_peers(args, family, device, rows, progress, measure, make_row) -> 
                         compare(row, peer, reference, part)
                     rows.append(row)
                 print(f"  {title} {mode}: {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
-    return notes
+    return notes, prepared_bytes()  # while our models (the cache's keys) are alive

@@ -6,6 +6,7 @@ from typing import Sequence
 
 import torch
 from mmengine.logging import print_log
+from torch import nn
 from mmseg.models.backbones import ResNetV1c
 
 from ..registry import MODELS
@@ -19,14 +20,16 @@ class CascadedResNetV1c(ResNetV1c):
     Chen et al. (2017), Section 3.2: each extra block has block4's structure (three bottleneck
     units at 2048 channels, stride 1) and twice the previous block's rate, so the output stride
     stays where block4 left it; ``extra_multi_grid`` gives the unit rates inside each extra block
-    (multiplied by its rate), as ``multi_grid`` does for block4. Layers 1-4 are mmseg's, with
+    relative to its rate, as the paper defines multi-grid. (mmseg's ``multi_grid`` for block4
+    gives absolute unit rates: the paper's (1, 2, 1) on block4 at rate 2 is ``multi_grid=(2, 4, 2)``.) Layers 1-4 are mmseg's, with
     mmseg's parameter names: an mmseg or ImageNet ResNet checkpoint initialises them strictly, and
     the extra blocks are reported as newly initialised (or copied from block4's units:
     ``init_extra_from_block4``).
 
     Args:
         extra_blocks: How many blocks to append (the paper's block5 to block7: 1 to 3).
-        extra_multi_grid: Unit rates of each extra block, e.g. the paper's (1, 2, 1).
+        extra_multi_grid: Unit rates of each extra block relative to its rate, e.g. the paper's
+            (1, 2, 1): block5 at rate 4 then runs its units at 4, 8 and 4.
         init_extra_from_block4: After ``init_weights``, copy block4's second, second and third
             units into each extra block's units (block4's first unit reads 1024 channels, the
             extra blocks' first units 2048, so it cannot be copied).
@@ -64,7 +67,9 @@ class CascadedResNetV1c(ResNetV1c):
                                         num_blocks=len(last), stride=1, dilation=rate, style=self.style,
                                         avg_down=self.avg_down, with_cp=self.with_cp, conv_cfg=self.conv_cfg,
                                         norm_cfg=self.norm_cfg, dcn=None, plugins=None,
-                                        multi_grid=self.extra_multi_grid, contract_dilation=self.contract_dilation)
+                                        multi_grid=None if extra_multi_grid is None else
+                                        tuple(r * rate for r in extra_multi_grid),
+                                        contract_dilation=self.contract_dilation)
             name = f"layer{len(self.res_layers) + 1}"
             self.add_module(name, layer)
             self.res_layers.append(name)
@@ -75,8 +80,12 @@ class CascadedResNetV1c(ResNetV1c):
         return self.res_layers[len(self.res_layers) - self.extra_blocks:]
 
     def unit_rates(self) -> list[tuple[str, list[int]]]:
-        """``(layer name, dilation of each unit's 3x3 convolution)`` for every block."""
-        return [(name, [unit.conv2.dilation[0] for unit in getattr(self, name)]) for name in self.res_layers]
+        """``(layer name, rate of each unit)`` for every block: the dilation of the unit's atrous
+        3x3 convolution (a bottleneck's second, a basic block's first)."""
+        def rate(unit: nn.Module) -> int:
+            return max(m.dilation[0] for m in unit.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3))
+
+        return [(name, [rate(unit) for unit in getattr(self, name)]) for name in self.res_layers]
 
     def init_weights(self) -> None:
         super().init_weights()

@@ -26,7 +26,8 @@ class PerTapGemm(Algorithm):
             batch, _, height, width = x.shape
             pixels = x.flatten(2).transpose(1, 2)
             matrix = kernel[0].expand(batch, *kernel[0].shape)
-            if problem.grad:  # autograd records out= calls only as their own outputs
+            if problem.grad or problem.torch_dtype != x.dtype:
+                # Autograd records out= calls only as their own outputs, and autocast ignores them.
                 out = torch.bmm(pixels, matrix) if bias is None else torch.baddbmm(bias.to(kernel.dtype), pixels, matrix)
             else:
                 out = buffers.empty((batch, height * width, kernel.shape[2]), x, kernel.dtype)
