@@ -113,7 +113,7 @@ def test_cli_lists_backbone_blocks_and_warns_where_the_cascade_degenerates(tool,
     assert "train crop 96x192 -> feature map 6x12 (output stride 16)" in out
     # The quarter-width ResNet-18: two units a block; block4 at rate 2 with multi-grid (1, 2, 1),
     # each cascaded block doubling it, all on the 6x12 map.
-    assert "| layer4 | 2, 4 | 6x12 |" in out and "| layer7 | 16, 32 | 6x12 | 11%, 11% | 1x1 |" in out
+    assert "| layer4 | 2, 4 | 6x12 |" in out and "| layer7 | 16, 32 | 6x12 | 11% (x2) | 1x1 |" in out
     assert "WARNING: degenerate backbone units" in out and "layer7 unit 2 rate 32 (1x1 on 6x12)" in out
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -202,11 +202,22 @@ def block_table(units: Sequence[tuple[str, int, int, tuple[int, int]]]) -> list[
     for block in dict.fromkeys(name for name, *_ in units):
         rows = [(rate, size) for name, _, rate, size in units if name == block]
         size = rows[-1][1]
-        shares = ", ".join(f"{100 * tap_share(*s, r):.0f}%" for r, s in rows)
+        shares = [f"{100 * valid_tap_fraction(s[0], r) * valid_tap_fraction(s[1], r):.0f}%" for r, s in rows]
         kinds = sorted({branch_kernel(*s, r).split()[0] for r, s in rows if r > 1}) or ["3x3"]
-        lines.append(f"| {block} | {', '.join(str(r) for r, _ in rows)} | {size[0]}x{size[1]} | {shares} | "
+        lines.append(f"| {block} | {_runs([str(r) for r, _ in rows])} | {size[0]}x{size[1]} | {_runs(shares)} | "
                      f"{', '.join(kinds)} |")
     return lines
+
+
+def _runs(values: Sequence[str]) -> str:
+    """``a, b, b, b`` written ``a, b (x3)``."""
+    out: list[list] = []
+    for value in values:
+        if out and out[-1][0] == value:
+            out[-1][1] += 1
+        else:
+            out.append([value, 1])
+    return ", ".join(value if count == 1 else f"{value} (x{count})" for value, count in out)
 
 
 def plot_block_rates(path: str, units: Sequence[tuple[str, int, int, tuple[int, int]]], title: str) -> None:
