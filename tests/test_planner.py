@@ -26,6 +26,7 @@ def problem(height=64, width=128, rate=12, batch=1, grad=False, device="cpu", de
 
 BOTTLENECK = dict(rate=1, padding=(1, 1))
 LAYER3 = dict(in_channels=256, out_channels=256, padding=(2, 2), channels_last=True)
+DEPTHWISE = dict(in_channels=2048, out_channels=2048, groups=2048, channels_last=True)
 POINTWISE = dict(kernel_size=1, rows=(0, 1), cols=(0, 1), rate=1, padding=(0, 0))
 
 
@@ -60,6 +61,12 @@ POINTWISE = dict(kernel_size=1, rows=(0, 1), cols=(0, 1), rate=1, padding=(0, 0)
     (dict(LAYER3, rate=1, padding=(1, 1), stride=2), "dense"),  # strided: dense only
     (dict(LAYER3, rate=1, padding=(1, 1), groups=2), "dense"),
     (dict(LAYER3, rate=2, padding=(0, 0)), "dense"),  # a 3x3 that shrinks the map
+    # DeepLabV3+'s depthwise kernels: tap by tap where dilated, oneDNN where not; training dense.
+    (dict(DEPTHWISE), "depthwise"),
+    (dict(DEPTHWISE, rate=1, padding=(1, 1), height=128, width=256, in_channels=560, out_channels=560,
+          groups=560), "dense"),
+    (dict(DEPTHWISE, grad=True), "dense"),
+    (dict(DEPTHWISE, device="cuda"), "dense"),
 ])
 def test_cpu_rules(case, expected):
     assert planner.choose(problem(**case), "heuristic").name == expected
@@ -102,7 +109,8 @@ def fake_clock(monkeypatch, tmp_path):
 def test_measure_keeps_the_fastest_and_times_each_shape_once(fake_clock, tmp_path):
     seconds, timed = fake_clock
     assert planner.choose(problem(), "measure").name == "gemm"
-    assert {name for name, _ in timed} == set(ALGORITHMS)  # every eligible candidate, dense included
+    # Every eligible candidate, dense included (the depthwise algorithm takes grouped kernels only).
+    assert {name for name, _ in timed} == set(ALGORITHMS) - {"depthwise"}
     timed.clear()
     assert planner.choose(problem(), "measure").name == "gemm"
     assert timed == []  # remembered

@@ -33,7 +33,6 @@ from .algorithms.base import compute_dtype
 from .geometry import effective_kernel
 from .planner import choose, deterministic_requested, resolve_mode
 from .reference import aspp_features_reference, is_capturing
-from .weights import prepared_weight
 
 
 def _border_masks(height: int, width: int, device: torch.device, dtype: torch.dtype):
@@ -146,20 +145,15 @@ def _branch_input(x: Tensor, branch_plan: Sequence[tuple[ConvProblem, Algorithm]
     return out
 
 
-def _depthwise(layer: nn.Module, x: Tensor, rate: int) -> Tensor:
-    """A depthwise dilated ConvModule with its kernel cropped to the taps that read the map."""
-    rows, cols, padding = effective_kernel(x.shape[2], x.shape[3], rate)
-    weight = prepared_weight(layer.conv.weight, (slice(None), slice(None), rows, cols), "contiguous", x.dtype)
-    return _norm_act(layer, F.conv2d(x, weight, None, 1, padding, rate, x.shape[1]))
-
-
-def _branch_convs(x: Tensor, branches: Sequence[nn.Module], rates: Sequence[int], branch_plan) -> list[Tensor]:
+def _branch_convs(x: Tensor, branches: Sequence[nn.Module], branch_plan) -> list[Tensor]:
     """Each branch's planned convolution (after a separable branch's depthwise part), from one
     shared copy of ``x`` (freed on return)."""
     x_in = _branch_input(x, branch_plan)
     outs = []
-    for branch, rate, (problem, algorithm) in zip(branches, rates, branch_plan):
-        source = _depthwise(branch.depthwise_conv, x_in, rate) if hasattr(branch, "depthwise_conv") else x_in
+    for branch, (problem, algorithm) in zip(branches, branch_plan):
+        # A separable branch's depthwise ConvModule runs as it stands: its convolution is
+        # mmseg_aspp.Conv2d, which crops the kernel, plans the algorithm and folds the norm.
+        source = branch.depthwise_conv(x_in) if hasattr(branch, "depthwise_conv") else x_in
         outs.append(algorithm.run([source], _planned_conv(branch).conv.weight, slice(None), problem))
     return outs
 
@@ -189,7 +183,7 @@ def aspp_features(
     height, width = x.shape[2:]
     branch_plan, (last, last_algorithm) = plan(x, branches, rates, bottleneck, mode)
     pooled = pool_layer(F.adaptive_avg_pool2d(x, 1)).flatten(1)
-    convs: list[Tensor | None] = _branch_convs(x, branches, rates, branch_plan)
+    convs: list[Tensor | None] = _branch_convs(x, branches, branch_plan)
 
     def normalised() -> Iterator[Tensor]:
         for i, branch in enumerate(branches):

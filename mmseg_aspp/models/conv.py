@@ -74,7 +74,11 @@ class PlannedConv2d(nn.Conv2d):
         if problem is None:
             return super().forward(x)
         if problem.grad or torch.compiler.is_compiling():
-            return self.convolve(x, problem)
+            # With autograd, in the layout nn.Conv2d would give: PyTorch's batch statistics of a
+            # channels-last map are less accurate (2.3e-4 against 1.5e-5 relative when |mean| is
+            # 400 standard deviations), and a BatchNorm in training usually comes next.
+            layout = torch.channels_last if problem.channels_last else torch.contiguous_format
+            return self.convolve(x, problem).contiguous(memory_format=layout)
         norm = self._next_norm
         return _ConvOutput.of(self.convolve(x, problem, norm), self, x, problem, norm)
 

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from ..registry import MODELS
 from .aspp_head import ASPPArgumentError, ASPPHead
+from .conv import PlannedConv2d
 
 
 @MODELS.register_module()
@@ -38,9 +39,12 @@ class DepthwiseSeparableASPPHead(ASPPHead):
             raise ASPPArgumentError(
                 f"c1_in_channels=0 builds no decoder, so c1_channels must be 0 too; got c1_channels={c1_channels}")
         super().__init__(**kwargs)
-        layer_cfg = dict(conv_cfg=self.conv_cfg, norm_cfg=self.norm_cfg, act_cfg=self.act_cfg)
+        # The decoder runs mmseg's computation on our convolution layer (the same parameters):
+        # pointwise convolutions as GEMMs, BatchNorm folded in inference.
+        planned = dict(type=PlannedConv2d, plan=self.plan)
+        layer_cfg = dict(conv_cfg=planned, norm_cfg=self.norm_cfg, act_cfg=self.act_cfg)
         self.c1_bottleneck = ConvModule(c1_in_channels, c1_channels, 1, **layer_cfg) if c1_in_channels else None
-        separable = dict(kernel_size=3, padding=1, norm_cfg=self.norm_cfg, act_cfg=self.act_cfg)
+        separable = dict(kernel_size=3, padding=1, conv_cfg=planned, norm_cfg=self.norm_cfg, act_cfg=self.act_cfg)
         self.sep_bottleneck = nn.Sequential(
             DepthwiseSeparableConvModule(self.channels + c1_channels, self.channels, **separable),
             DepthwiseSeparableConvModule(self.channels, self.channels, **separable),
@@ -50,6 +54,7 @@ class DepthwiseSeparableASPPHead(ASPPHead):
         if rate == 1:
             return super()._atrous_branch(rate)
         return DepthwiseSeparableConvModule(self.in_channels, self.channels, 3, dilation=rate, padding=rate,
+                                            conv_cfg=dict(type=PlannedConv2d, plan=self.plan),
                                             norm_cfg=self.norm_cfg, act_cfg=self.act_cfg)
 
     def _forward_feature(self, inputs: Sequence[Tensor]) -> Tensor:

@@ -35,11 +35,20 @@ class ConvProblem(NamedTuple):
     groups: int = 1
 
     @property
-    def plain(self) -> bool:
-        """Stride 1, one group, a 1x1 or 3x3 kernel padded to keep the map size: what every
-        algorithm computes."""
+    def _keeps_size(self) -> bool:
+        """Stride 1 and padded so that the map keeps its size."""
         same = all(pad == (self.rate if taps == 3 else 0) for pad, taps in zip(self.padding, self.kernel))
-        return self.stride == 1 and self.groups == 1 and self.kernel_size in (1, 3) and same
+        return self.stride == 1 and self.kernel_size in (1, 3) and same
+
+    @property
+    def plain(self) -> bool:
+        """One group, a 1x1 or 3x3 kernel that keeps the map size: what most algorithms compute."""
+        return self.groups == 1 and self._keeps_size
+
+    @property
+    def depthwise(self) -> bool:
+        """One channel per group (DeepLabV3+'s separable branches), a 3x3 kernel that keeps the size."""
+        return 1 < self.groups == self.in_channels == self.out_channels and self.kernel_size == 3 and self._keeps_size
 
     @property
     def kernel(self) -> tuple[int, int]:
@@ -58,8 +67,8 @@ class ConvProblem(NamedTuple):
 class Algorithm:
     """An exact way to compute ``conv2d(cat(inputs), weight[crop], padding, dilation=rate)``.
 
-    Subclasses set ``name``, may restrict ``supports`` (only ``plain`` problems reach any but
-    the dense algorithm) and implement ``run``. Inputs come as
+    Subclasses set ``name``, may change ``supports`` (by default ``plain`` problems; only the
+    dense algorithm takes every problem) and implement ``run``. Inputs come as
     channel pieces (a branch has one; the bottleneck gets each normalised branch in turn, so an
     algorithm may consume and free them one at a time) in any memory layout; ``input_layout``
     says which one the algorithm reads fastest in inference ("channels_last", "contiguous" or
@@ -70,7 +79,7 @@ class Algorithm:
     input_layout = "any"
 
     def supports(self, problem: ConvProblem) -> bool:
-        return True
+        return problem.plain
 
     def run(self, inputs: Iterable[Tensor], weight: Tensor, channels: slice, problem: ConvProblem,
             bias: Tensor | None = None) -> Tensor:

@@ -17,6 +17,9 @@ class Dense(Algorithm):
 
     name = "dense"
 
+    def supports(self, problem):
+        return True
+
     def run(self, inputs, weight, channels, problem, bias=None):
         x = concatenated(inputs)
         kernel = prepared_weight(weight, (slice(None), channels, *problem.weight_index), "contiguous", x.dtype)

@@ -81,7 +81,7 @@ class Winograd(Algorithm):
         # 1.8x mmseg's own bf16 error in a training step, so reduced-precision training keeps
         # the direct algorithms.
         reduced_training = problem.grad and problem.dtype in ("bfloat16", "float16")
-        return problem.kernel == (3, 3) and not reduced_training
+        return problem.plain and problem.kernel == (3, 3) and not reduced_training
 
     def run(self, inputs, weight, channels, problem, bias=None):
         return with_bias(self._convolve(inputs, weight, channels, problem), bias)
@@ -108,4 +108,5 @@ class Winograd4(Winograd):
     name = "winograd4"
 
     def supports(self, problem):
-        return problem.kernel == (3, 3) and not problem.grad and problem.dtype in ("float32", "float64")
+        return (problem.plain and problem.kernel == (3, 3) and not problem.grad
+                and problem.dtype in ("float32", "float64"))

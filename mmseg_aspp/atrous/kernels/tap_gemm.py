@@ -1,4 +1,5 @@
-"""Dilated convolution as one GEMM per tap, each over only the pixels it reaches.
+"""Dilated convolution as one GEMM per tap (one per-channel multiply-add for a depthwise one),
+each over only the pixels it reaches.
 
 On small maps oneDNN's direct convolution runs far below GEMM speed and skips
 few padding taps; here every tap is a ``(pixels, C_in) @ (C_in, C_out)``
@@ -7,8 +8,10 @@ into a channels-last output. Autograd differentiates it as it stands.
 """
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
+from .. import buffers
 from ..geometry import tap_span
 
 
@@ -40,4 +43,28 @@ def taps_conv_hwc(x_hwc: Tensor, weight_taps: Tensor, offsets: list[tuple[int, i
             continue
         region = x_hwc[:, y0 + dy : y1 + dy, x0 + dx : x1 + dx].reshape(-1, channels)
         out[:, y0:y1, x0:x1] += (region @ weight_taps[tap]).view(batch, y1 - y0, x1 - x0, -1)
+    return out
+
+
+def depthwise_taps_hwc(x_hwc: Tensor, weight_taps: Tensor, offsets: list[tuple[int, int]]) -> Tensor:
+    """Zero-padded, stride-1 depthwise convolution in (N, H, W, C) layout.
+
+    Args:
+        x_hwc: Input (N, H, W, C), any strides (a permuted channels-last map is read in place).
+        weight_taps: (taps, C), one per-channel scale per offset.
+        offsets: (dy, dx) per tap; must include (0, 0).
+
+    Returns:
+        (N, H, W, C), contiguous.
+    """
+    batch, height, width, channels = x_hwc.shape
+    centre = offsets.index((0, 0))
+    out = buffers.empty((batch, height, width, channels), x_hwc)
+    torch.mul(x_hwc, weight_taps[centre], out=out)
+    for tap, (dy, dx) in enumerate(offsets):
+        y0, y1 = tap_span(height, dy)
+        x0, x1 = tap_span(width, dx)
+        if tap == centre or y1 <= y0 or x1 <= x0:
+            continue
+        out[:, y0:y1, x0:x1].addcmul_(x_hwc[:, y0 + dy : y1 + dy, x0 + dx : x1 + dx], weight_taps[tap])
     return out
