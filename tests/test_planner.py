@@ -41,7 +41,8 @@ POINTWISE = dict(kernel_size=1, rows=(0, 1), cols=(0, 1), rate=1, padding=(0, 0)
     (dict(height=97, width=97, rate=2, grad=True), "winograd"),
     (dict(POINTWISE, channels_last=True), "gemm"),  # the 1x1 branch beside channels-last 3x3 branches
     (dict(POINTWISE), "gemm"),  # on an NCHW input (DeepLabV3+): one GEMM reading it transposed
-    (dict(POINTWISE, grad=True), "dense"),
+    (dict(POINTWISE, grad=True), "gemm"),  # training on NCHW: GEMMs per image, both gradients too
+    (dict(POINTWISE, grad=True, channels_last=True), "dense"),
     (dict(rows=(1, 2), cols=(0, 3), padding=(0, 36), rate=36, height=32), "skip"),  # a 1x3 crop
     (BOTTLENECK, "winograd4"),  # 0.56 of F(2x2, 3x3)'s multiplications
     (dict(BOTTLENECK, grad=True), "winograd"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from .. import buffers
-from ..kernels.tap_gemm import kernel_offsets, taps_conv_hwc
+from ..kernels.tap_gemm import kernel_offsets, pointwise_conv_nchw, taps_conv_hwc
 from ..weights import prepared_weight
 from .base import Algorithm, concatenated, with_bias
 
@@ -19,7 +19,11 @@ class PerTapGemm(Algorithm):
 
     def run(self, inputs, weight, channels, problem, bias=None):
         x = concatenated(inputs)
-        kernel = prepared_weight(weight, (slice(None), channels, *problem.weight_index), "taps", x.dtype)
+        index = (slice(None), channels, *problem.weight_index)
+        if problem.kernel == (1, 1) and problem.grad and x.dtype == problem.torch_dtype and x.is_contiguous():
+            # Training on an NCHW map: GEMMs per image in both directions, NCHW out.
+            return with_bias(pointwise_conv_nchw(x, prepared_weight(weight, index, "contiguous", x.dtype)), bias)
+        kernel = prepared_weight(weight, index, "taps", x.dtype)
         if problem.kernel == (1, 1):
             # One GEMM straight from the input's layout (an NCHW map is a transposed operand,
             # never copied), written channels-last, with the bias in the same pass.
