@@ -145,9 +145,10 @@ def preferences(problem: ConvProblem) -> tuple[str, ...]:
         # and writes channels-last, with the bias in the same pass: 2048 -> 512 at 64x128 on an
         # NCHW map 89 ms against oneDNN's 101 (EPYC); inside a ResNet, on channels-last maps with
         # a folded bias, 256 -> 1024 took oneDNN 82 ms and the GEMM 16 ms (Xeon).
-        # In training on NCHW maps, GEMMs per image both ways: 66 against 97 ms for oneDNN at
-        # 1024 -> 256, 2 x 64 x 64 (Xeon).
-        return ("dense",) if problem.grad and problem.channels_last else ("gemm", "dense")
+        # In eager training on NCHW maps, GEMMs per image both ways: 66 against 97 ms for oneDNN
+        # at 1024 -> 256, 2 x 64 x 64 (Xeon). Compiled, inductor plans oneDNN's layouts itself.
+        training_dense = problem.channels_last or torch.compiler.is_compiling()
+        return ("dense",) if problem.grad and training_dense else ("gemm", "dense")
     small = problem.batch * problem.height * problem.width <= GEMM_MAX_PIXELS
     if problem.rate == 1:  # the ASPP bottleneck, a backbone's undilated 3x3s
         # In training on a small map Winograd's transformed kernel and its gradient outweigh
