@@ -30,6 +30,7 @@ from mmseg_aspp.atrous.geometry import (  # noqa: E402
     valid_tap_fraction,
     valid_weight_counts,
 )
+from mmseg_aspp.models.cascade import atrous_conv  # noqa: E402
 
 PLOTTED_COUNTS = (1, 4, 9)
 
@@ -181,8 +182,7 @@ def block_rates(model: nn.Module, height: int, width: int) -> list[tuple[str, in
     found, handles = [], []
     for name in getattr(backbone, "res_layers", ()):
         for index, unit in enumerate(getattr(backbone, name)):
-            conv = max((m for m in unit.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)),
-                       key=lambda m: m.dilation[0])
+            conv = atrous_conv(unit)
 
             def record(module, inputs, name=name, index=index):
                 found.append((name, index, module.dilation[0], tuple(inputs[0].shape[-2:])))

@@ -6,11 +6,18 @@ from typing import Sequence
 
 import torch
 from mmengine.logging import print_log
-from torch import nn
 from mmseg.models.backbones import ResNetV1c
+from torch import nn
 
 from ..registry import MODELS
 from .aspp_head import ASPPArgumentError
+
+
+def atrous_conv(unit: nn.Module) -> nn.Conv2d:
+    """A ResNet unit's atrous 3x3 convolution: the most dilated one (a bottleneck's second, a
+    basic block's first)."""
+    return max((m for m in unit.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)),
+               key=lambda m: m.dilation[0])
 
 
 @MODELS.register_module()
@@ -21,8 +28,9 @@ class CascadedResNetV1c(ResNetV1c):
     units at 2048 channels, stride 1) and twice the previous block's rate, so the output stride
     stays where block4 left it; ``extra_multi_grid`` gives the unit rates inside each extra block
     relative to its rate, as the paper defines multi-grid. (mmseg's ``multi_grid`` for block4
-    gives absolute unit rates: the paper's (1, 2, 1) on block4 at rate 2 is ``multi_grid=(2, 4, 2)``.) Layers 1-4 are mmseg's, with
-    mmseg's parameter names: an mmseg or ImageNet ResNet checkpoint initialises them strictly, and
+    gives absolute unit rates: the paper's (1, 2, 1) on block4 at rate 2 is
+    ``multi_grid=(2, 4, 2)``.) Layers 1-4 are mmseg's, with mmseg's parameter names: an mmseg
+    or ImageNet ResNet checkpoint initialises them strictly, and
     the extra blocks are reported as newly initialised (or copied from block4's units:
     ``init_extra_from_block4``).
 
@@ -80,12 +88,8 @@ class CascadedResNetV1c(ResNetV1c):
         return self.res_layers[len(self.res_layers) - self.extra_blocks:]
 
     def unit_rates(self) -> list[tuple[str, list[int]]]:
-        """``(layer name, rate of each unit)`` for every block: the dilation of the unit's atrous
-        3x3 convolution (a bottleneck's second, a basic block's first)."""
-        def rate(unit: nn.Module) -> int:
-            return max(m.dilation[0] for m in unit.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3))
-
-        return [(name, [rate(unit) for unit in getattr(self, name)]) for name in self.res_layers]
+        """``(layer name, rate of each unit)`` for every block (``atrous_conv``'s dilation)."""
+        return [(name, [atrous_conv(unit).dilation[0] for unit in getattr(self, name)]) for name in self.res_layers]
 
     def init_weights(self) -> None:
         super().init_weights()
